@@ -1,0 +1,7 @@
+"""`python -m nstd` is the `nstd` command."""
+
+import sys
+
+from nstd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,248 @@
+"""Command line: sub-commands, the object graph built once, errors mapped to exit codes.
+
+Exit codes: 0 done, 2 usage or configuration error, 1 anything else. Errors are one line on
+stderr; `--debug` adds the traceback. This is the only module that may end the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nstd.config import Config, load_config
+from nstd.errors import ConfigError, NstdError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("nstd")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the first signal asks work to stop at the next safe point,
+    a second one aborts at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if self._event.is_set():
+                raise KeyboardInterrupt
+            log.warning("%s received: stopping at the next safe point (again to abort)",
+                        signal.Signals(signum).name)
+            self._event.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="PATH",
+                        help="config file (default: ./config.yaml if present, else built-in)")
+    common.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. style.iterations=200")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+    parser = argparse.ArgumentParser(prog="nstd", description="Neural style transfer daemon.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stylize", parents=[common], help="stylize one image or video")
+    p.add_argument("content", type=Path, help="image or video to stylize")
+    p.add_argument("--style", type=Path, action="append", required=True, metavar="STYLE",
+                   help="style image (repeat to blend several)")
+    p.add_argument("--style-weights", metavar="W1,W2", help="blend weights, one per --style")
+    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+                   help="output file (default: <stem>.<style>.<ext> next to the input)")
+    p.add_argument("--weights", metavar="PATH", help="local VGG-19 state dict (model.weights)")
+    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N (model.device)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--restart", action="store_true",
+                   help="video: discard stored frames instead of resuming")
+    p.set_defaults(handler=cmd_stylize)
+
+    p = sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    p.set_defaults(handler=cmd_check_config)
+
+    p = sub.add_parser("weights", parents=[common], help="show or fetch the VGG-19 weights")
+    p.add_argument("action", nargs="?", choices=["show", "fetch"], default="show")
+    p.add_argument("--weights", metavar="PATH", help="local VGG-19 state dict (model.weights)")
+    p.set_defaults(handler=cmd_weights)
+
+    p = sub.add_parser("eval-temporal", parents=[common],
+                       help="warping error E_warp of a stylized video against its source")
+    p.add_argument("source", type=Path)
+    p.add_argument("stylized", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_eval_temporal)
+
+    add_daemon_commands(sub, common)
+    return parser
+
+
+def add_daemon_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`run`, `status`, `retry`: registered only where the daemon modules are installed."""
+    try:
+        from nstd import daemon_cli
+    except ImportError:
+        return
+    daemon_cli.register(sub, common)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "weights", None):
+        overrides.append(f"model.weights={json.dumps(str(Path(args.weights).absolute()))}")
+    if getattr(args, "device", None):
+        overrides.append(f"model.device={args.device}")
+    return load_config(args.config, overrides)
+
+
+def parse_blend(text: str | None, count: int) -> tuple[float, ...]:
+    if text is None:
+        return tuple([1.0 / count] * count)
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise UsageError(f"--style-weights {text!r}: expected numbers like 0.7,0.3") from None
+    if len(weights) != count:
+        raise UsageError(f"--style-weights gives {len(weights)} weights for {count} styles; "
+                         "give one per --style")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UsageError("--style-weights must be non-negative with a positive sum")
+    return weights
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from nstd.pipeline import JobRequest, default_output, media_kind, run_job
+    from nstd.progress import ProgressPrinter
+    from nstd.stylize import build_stylizer
+
+    config = config_from_args(args)
+    for path in [args.content, *args.style]:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    media_kind(args.content)
+    blend = parse_blend(args.style_weights, len(args.style))
+    output = args.output or default_output(args.content, args.style)
+    request = JobRequest(source=args.content, output=output, styles=tuple(args.style),
+                         blend=blend, config=config, overwrite=args.overwrite,
+                         restart=args.restart)
+    stylizer = build_stylizer(config.model, config.style)
+    stop = StopFlag()
+    stop.install()
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        report = run_job(request, stylizer, progress=printer, should_stop=stop)
+    finally:
+        printer.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        log.info("wrote %s (loss %.4g -> %.4g, %d iterations, %.1f s)", report.output,
+                 report.initial_loss, report.final_loss, report.iterations, report.seconds)
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    where = args.config or ("config.yaml" if Path("config.yaml").is_file() else "defaults")
+    print(f"{where}: OK")
+    return EXIT_OK
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from nstd import weights
+
+    config = config_from_args(args)
+    if args.action == "fetch":
+        path = weights.fetch_weights()
+        print(f"weights cached at {path}")
+        return EXIT_OK
+    print(weights.describe_weights(config.model.weights))
+    weights.load_vgg19_state_dict(config.model.weights)
+    print("verified: a complete VGG-19 state dict")
+    return EXIT_OK
+
+
+def cmd_eval_temporal(args: argparse.Namespace) -> int:
+    from nstd.evaluate import evaluate_videos
+
+    for path in (args.source, args.stylized):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    figures = evaluate_videos(args.source, args.stylized)
+    if args.json:
+        print(json.dumps(figures, sort_keys=True))
+    else:
+        print(f"E_warp stylized {figures['ewarp']:.6f}  source {figures['source_ewarp']:.6f}  "
+              f"({figures['pairs']} frame pairs)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            where = f"{exc.source}: " if exc.source else ""
+            print(f"nstd: config error: {where}{problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"nstd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NstdError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"nstd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("nstd: aborted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"nstd: internal error: {type(exc).__name__}: {exc} (rerun with --debug for "
+              "details)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""Typed, validated configuration.
+
+One frozen dataclass per section of `config.yaml`. `parse_config(mapping)` is pure: it checks
+every key against the dataclass fields (unknown keys are errors), converts YAML scalars to the
+declared types, and raises one `ConfigError` listing every bad key path with what is allowed.
+`load_config(path, overrides)` reads the file, applies `--set section.key=value` overrides
+(typed like YAML) and resolves the daemon's folders against the config file's folder.
+
+The schema lives here and only here: the field's `metadata` holds its one-line description and
+constraints, and `config.yaml` at the repository root documents the same keys (a test checks
+that both agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from nstd.errors import ConfigError
+
+DEFAULT_STYLE_LAYERS: dict[str, float] = {
+    "relu1_1": 1.0,
+    "relu2_1": 1.0,
+    "relu3_1": 1.0,
+    "relu4_1": 1.0,
+    "relu5_1": 1.0,
+}
+
+
+def _opt(default: Any, doc: str, **rules: Any) -> Any:
+    """A dataclass field with its description and validation rules (min, max, choices...)."""
+    if isinstance(default, (dict, list, tuple)):
+        value = default
+        return field(default_factory=lambda: _copy(value), metadata={"doc": doc, **rules})
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str | None = _opt(
+        None, "VGG-19 state dict file; null = torchvision IMAGENET1K_V1 (downloaded once, cached)"
+    )
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N", pattern="device")
+    pooling: Literal["max", "avg"] = _opt("max", "max (torchvision) or avg (as Gatys et al.)")
+    precision: Literal["fp32", "bf16"] = _opt(
+        "fp32", "bf16 = autocast the network on CUDA; Grams and losses stay fp32"
+    )
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA")
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    content_layer: str = _opt("relu4_2", "VGG-19 layer whose features define content", layer=True)
+    content_weight: float = _opt(1.0, "alpha: weight of the content loss", min=0.0)
+    style_layers: dict[str, float] = _opt(
+        DEFAULT_STYLE_LAYERS, "layer name -> weight of its Gram-matrix loss", layer=True
+    )
+    style_weight: float = _opt(1.0e6, "beta: weight of the style loss", min=0.0)
+    tv_weight: float = _opt(1.0e-2, "gamma: weight of the total-variation loss", min=0.0)
+    max_side: int = _opt(512, "longest side of the output in pixels (aspect ratio kept)", min=16)
+    scales: tuple[float, ...] = _opt(
+        (0.5, 1.0), "coarse-to-fine scales as fractions of max_side, ascending, last 1.0"
+    )
+    min_scale_side: int = _opt(64, "coarser scales whose longest side is below this are skipped",
+                               min=16)
+    iterations: int = _opt(300, "optimizer iterations at the final scale", min=0)
+    coarse_iterations: int = _opt(150, "optimizer iterations at each coarser scale", min=0)
+    optimizer: Literal["lbfgs", "adam"] = _opt("lbfgs", "lbfgs (default) or adam")
+    learning_rate: float = _opt(0.02, "Adam step size (image values are in [0, 1])", min=0.0)
+    lbfgs_history: int = _opt(50, "L-BFGS history size", min=1)
+    tolerance: float = _opt(1.0e-4, "early stop: relative loss change below this ...", min=0.0)
+    tolerance_window: int = _opt(50, "... over this many iterations (tolerance 0 disables)", min=1)
+    init: Literal["content", "noise", "image"] = _opt("content", "start image")
+    init_image: str | None = _opt(None, "start image file when init is 'image'")
+    seed: int = _opt(0, "random seed (noise init); same seed + device = same result")
+    style_scale: float = _opt(1.0, "style image longest side relative to the output's", min=0.01)
+    preserve_color: bool = _opt(False, "transfer style to luminance only, keep content colours")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    init: Literal["warped", "previous", "content"] = _opt(
+        "warped", "start of frame t: previous stylized frame warped by flow, unwarped, or content"
+    )
+    temporal_weight: float = _opt(
+        50.0, "weight of the loss pulling frame t towards the warped frame t-1 (0 = off)", min=0.0
+    )
+    frame_iterations: int = _opt(100, "iteration budget of a warm-started frame", min=0)
+    scene_cut_threshold: float = _opt(0.5, "scene-cut score above which a frame starts cold",
+                                      min=0.0)
+    max_segment_frames: int = _opt(300, "longest segment (unit of resumable work)", min=1)
+    crf: int = _opt(18, "H.264 quality (0 = lossless, 51 = worst)", min=0, max=51)
+    preset: str = _opt("medium", "x264 preset (ultrafast ... veryslow)", choices=(
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+        "veryslow"))
+    long_term: bool = _opt(True, "also hold static regions to an older frame against drift")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_pixels: int = _opt(50_000_000, "largest input image or video frame, in pixels", min=1)
+    max_file_bytes: int = _opt(20 * 1024**3, "largest input file, in bytes", min=1)
+    max_video_seconds: float = _opt(4 * 3600.0, "longest input video, in seconds", min=0.0)
+    max_video_frames: int = _opt(500_000, "most frames in an input video", min=1)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    inbox: str = _opt("data/inbox", "watched folder (relative paths: to this file's folder)")
+    outbox: str = _opt("data/outbox", "finished results")
+    work: str = _opt("data/work", "per-job work folders (stored frames: the resume points)")
+    failed: str = _opt("data/failed", "sources that failed, with <name>.error.txt")
+    done: str = _opt("data/done", "sources whose result was verified")
+    styles: str = _opt("styles", "style images: inbox/<name>/ uses styles/<name>.<ext>")
+    state: str = _opt("data/state", "where the job ledger (SQLite) lives")
+    default_style: str = _opt("mosaic", "style for files dropped at the inbox root")
+    settle_seconds: float = _opt(5.0, "a file is taken once unchanged this long", min=0.0)
+    poll: bool = _opt(False, "poll the inbox instead of inotify (network mounts)")
+    rescan_seconds: float = _opt(60.0, "safety-net rescan of the inbox", min=1.0)
+    max_attempts: int = _opt(3, "attempts before a job fails for good", min=1)
+    retry_backoff_seconds: float = _opt(30.0, "first retry delay, doubled each attempt", min=0.0)
+    originals: Literal["move", "keep", "delete"] = _opt(
+        "move", "what happens to a source once its result is verified"
+    )
+    lease_seconds: float = _opt(600.0, "a running job's lease, renewed while it works", min=1.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    style: StyleConfig = field(default_factory=StyleConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+    @classmethod
+    def default(cls) -> Config:
+        return cls()
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "style": StyleConfig,
+    "video": VideoConfig,
+    "limits": LimitsConfig,
+    "daemon": DaemonConfig,
+}
+PATH_KEYS = ("inbox", "outbox", "work", "failed", "done", "styles", "state")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_config(mapping: Mapping[str, Any] | None, base_dir: Path | None = None) -> Config:
+    """Validate a mapping (as loaded from YAML) into a `Config`.
+
+    Every problem is collected and reported together, each with its key path.
+    With `base_dir`, relative daemon folders and weight/init paths are resolved against it.
+    """
+    mapping = {} if mapping is None else mapping
+    problems: list[str] = []
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(["the top level must be a mapping of sections"])
+    for key in mapping:
+        if key not in SECTIONS:
+            problems.append(f"{key}: unknown section (allowed: {', '.join(SECTIONS)})")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        raw = mapping.get(name, {})
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            problems.append(f"{name}: must be a mapping of keys, got {_show(raw)}")
+            raw = {}
+        sections[name] = _parse_section(name, cls, raw, problems)
+    if problems:
+        raise ConfigError(problems)
+    config = Config(**sections)
+    _check_cross_field(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def _parse_section(name: str, cls: type, raw: Mapping[str, Any], problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{name}.{key}: unknown key (allowed: {', '.join(fields)})")
+    for key, f in fields.items():
+        if key not in raw:
+            continue
+        path = f"{name}.{key}"
+        before = len(problems)
+        value = _convert(path, raw[key], hints[key], problems)
+        if len(problems) == before:
+            _check_rules(path, value, f.metadata, problems)
+        if len(problems) == before:
+            values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:  # pragma: no cover - fields are all defaulted
+        problems.append(f"{name}: {exc}")
+        return cls()
+
+
+def _convert(path: str, value: Any, hint: Any, problems: list[str]) -> Any:
+    """Convert a YAML value to the annotated type, or record why it cannot be."""
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(path, value, inner, problems)
+    if origin is Literal:
+        if value not in args:
+            allowed = " | ".join(str(a) for a in args)
+            problems.append(f"{path}: must be one of {allowed}, got {_show(value)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: must be true or false, got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: must be an integer, got {_show(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: must be a number, got {_show(value)}")
+            return value
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{path}: must be a non-empty string, got {_show(value)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+            problems.append(f"{path}: must be a non-empty list of numbers, got {_show(value)}")
+            return value
+        items = [_convert(f"{path}[{i}]", v, args[0], problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not value:
+            problems.append(f"{path}: must be a non-empty mapping, got {_show(value)}")
+            return value
+        return {
+            str(k): _convert(f"{path}.{k}", v, args[1], problems) for k, v in value.items()
+        }
+    raise TypeError(f"unsupported config type {hint!r} at {path}")  # a bug, not a user error
+
+
+def _check_rules(path: str, value: Any, rules: Mapping[str, Any], problems: list[str]) -> None:
+    numbers = value.values() if isinstance(value, dict) else (
+        value if isinstance(value, tuple) else (value,))
+    if "min" in rules and any(v is not None and v < rules["min"] for v in numbers):
+        problems.append(f"{path}: must be >= {rules['min']}, got {_show(value)}")
+    if "max" in rules and any(v is not None and v > rules["max"] for v in numbers):
+        problems.append(f"{path}: must be <= {rules['max']}, got {_show(value)}")
+    if "choices" in rules and value not in rules["choices"]:
+        problems.append(f"{path}: must be one of {' | '.join(rules['choices'])}, got {_show(value)}")
+    if rules.get("pattern") == "device" and not _is_device(value):
+        problems.append(f"{path}: must be auto, cpu, cuda or cuda:N, got {_show(value)}")
+    if rules.get("layer"):
+        from nstd.layers import LAYER_NAMES  # local: keeps config importable without torch
+
+        names = list(value) if isinstance(value, dict) else [value]
+        for layer in names:
+            if layer not in LAYER_NAMES:
+                problems.append(
+                    f"{path}: unknown VGG-19 layer {_show(layer)} "
+                    "(use names like relu4_2, conv3_1, pool2)"
+                )
+
+
+def _is_device(value: str) -> bool:
+    if value in ("auto", "cpu", "cuda"):
+        return True
+    return value.startswith("cuda:") and value[5:].isdigit()
+
+
+def _check_cross_field(config: Config, problems: list[str]) -> None:
+    style = config.style
+    if list(style.scales) != sorted(style.scales) or style.scales[-1] != 1.0:
+        problems.append(
+            f"style.scales: must be ascending and end with 1.0, got {list(style.scales)}"
+        )
+    if any(s <= 0 or s > 1 for s in style.scales):
+        problems.append(f"style.scales: each scale must be in (0, 1], got {list(style.scales)}")
+    if style.init == "image" and not style.init_image:
+        problems.append("style.init_image: must name a file when style.init is 'image'")
+    if all(w == 0 for w in style.style_layers.values()) and style.style_weight > 0:
+        problems.append("style.style_layers: at least one layer needs a weight above 0")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def resolve_paths(config: Config, base_dir: Path) -> Config:
+    """Make relative file and folder paths absolute against `base_dir` (the config's folder)."""
+
+    def absolute(p: str | None) -> str | None:
+        if p is None:
+            return None
+        path = Path(os.path.expanduser(p))
+        return str(path if path.is_absolute() else (base_dir / path).absolute())
+
+    daemon = dataclasses.replace(
+        config.daemon, **{k: absolute(getattr(config.daemon, k)) for k in PATH_KEYS}
+    )
+    model = dataclasses.replace(config.model, weights=absolute(config.model.weights))
+    style = dataclasses.replace(config.style, init_image=absolute(config.style.init_image))
+    return dataclasses.replace(config, daemon=daemon, model=model, style=style)
+
+
+# --------------------------------------------------------------------------- files and overrides
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (or nothing)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read {path}: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{path} is not valid YAML{where}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return data
+
+
+def apply_override(mapping: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key=value` override in place; the value is parsed as YAML."""
+    key_path, sep, text = assignment.partition("=")
+    parts = key_path.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError([f"--set {assignment!r}: expected section.key=value"])
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError([f"--set {key_path}: value {text!r} is not valid YAML"]) from None
+    node = mapping
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"--set {key_path}: {part} is not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    cwd: Path | None = None,
+) -> Config:
+    """Load the configuration the CLI uses.
+
+    `path` None means `config.yaml` in the current folder if it exists, else built-in defaults.
+    Relative paths in the file resolve against the file's folder (against `cwd` without a file).
+    """
+    cwd = cwd or Path.cwd()
+    if path is None and (cwd / "config.yaml").is_file():
+        path = cwd / "config.yaml"
+    mapping: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
+    for assignment in overrides:
+        apply_override(mapping, assignment)
+    base = path.parent.absolute() if path is not None else cwd
+    try:
+        return parse_config(mapping, base_dir=base)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=str(path) if path else None) from None
+
+
+def merge_overrides(config: Config, mapping: Mapping[str, Any], base_dir: Path) -> Config:
+    """Return `config` with the sections/keys in `mapping` replaced (a job's sidecar).
+
+    The result is validated exactly like a config file; unknown keys are errors.
+    """
+    merged = to_mapping(config)
+    for section, values in mapping.items():
+        if section in merged and isinstance(values, Mapping):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return parse_config(merged, base_dir=base_dir)
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, dict):
+            return dict(value)
+        return value
+
+    return {
+        name: {f.name: plain(getattr(getattr(config, name), f.name))
+               for f in dataclasses.fields(SECTIONS[name])}
+        for name in SECTIONS
+    }
+
+
+def describe_schema() -> list[tuple[str, Any, str]]:
+    """(key path, default, description) for every key, in order: the config reference."""
+    rows = []
+    for name, cls in SECTIONS.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            rows.append((f"{name}.{f.name}", getattr(defaults, f.name), f.metadata.get("doc", "")))
+    return rows

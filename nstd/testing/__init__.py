@@ -1,0 +1,1 @@
+"""Test and benchmark support: random weights and synthetic media. Not used by the product."""
