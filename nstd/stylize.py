@@ -1,0 +1,630 @@
+"""The optimization engine: Gatys et al. style transfer on tensors. Knows nothing of files.
+
+    target = stylizer.prepare_style([style_image], [1.0])    # once per style (Grams cached)
+    result = stylizer.run(content, target)                   # once per image or video frame
+
+Images are (1, 3, H, W) float32 RGB in [0, 1], on any device; results come back on the CPU.
+Progress goes out through a callback receiving `Progress`; nothing here prints.
+
+Choices that depart from the paper or from common code, and why:
+- The image is optimized unconstrained and clamped to [0, 1] only between scales and for the
+  result. Clamping after every step would move the iterate behind L-BFGS's back and corrupt
+  its curvature pairs (s_k = x_{k+1} - x_k); the small excursions outside [0, 1] are pulled
+  back by the content term. The reported final loss is that of the returned (clamped) image.
+- L-BFGS is stepped one iteration per `step()` call (max_iter=1, no line search): each
+  iteration is exactly one forward+backward pass, so budgets are predictable and progress,
+  early stopping and `should_stop` are checked every iteration. Its state persists between
+  calls, so this is the same algorithm as one long call.
+- Style Grams are computed once per (style target, output size) and cached in the
+  `StyleTarget`; content features once per scale of each run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nstd.config import ModelConfig, StyleConfig
+from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
+from nstd.features import VGGFeatures
+from nstd.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.weights import load_vgg19_state_dict
+
+log = logging.getLogger(__name__)
+
+# Blended Gram sets kept per StyleTarget (one per output size, or per content luminance
+# statistics with preserve_color); bounded so a long video cannot grow it.
+_GRAM_CACHE_SIZE = 8
+
+
+# --------------------------------------------------------------------------- public data
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One optimizer iteration, as reported to the `progress` callback."""
+
+    iteration: int  # iterations done in this run, over all scales (1-based)
+    total: int  # iterations planned over all scales (early stopping may end sooner)
+    scale_index: int  # 0-based index of the current scale
+    scale_count: int
+    size: tuple[int, int]  # (height, width) of the image being optimized
+    loss: float  # total loss at this iteration
+    losses: dict[str, float]  # weighted terms: content, style, tv[, temporal], total
+    elapsed: float  # seconds since run() started
+
+
+@dataclass(frozen=True)
+class StylizeResult:
+    image: Tensor  # (1, 3, H, W) float32 in [0, 1], on the CPU
+    initial_loss: float  # total loss of the start image at the output size
+    final_loss: float  # total loss of the returned image
+    losses: dict[str, float]  # weighted terms of the returned image, plus 'total'
+    iterations: int  # optimizer iterations run, over all scales
+    seconds: float
+    stopped_early: bool  # the final scale ended by early stopping, before its budget
+
+
+@dataclass(frozen=True)
+class TemporalTerm:
+    """Pull the output towards `target` where `mask` is 1 (Ruder et al. 2016)."""
+
+    target: Tensor  # (1, 3, H, W) float in [0, 1], e.g. previous stylized frame warped
+    mask: Tensor  # (1, 1, H, W) float in [0, 1], 1 = reliable
+    weight: float
+
+
+@dataclass(eq=False)
+class StyleTarget:
+    """Style images with normalized blend weights, and their cached Gram targets.
+
+    Made by `Stylizer.prepare_style` and usable only with that stylizer. The cache maps an
+    output size (plus content luminance statistics with preserve_color) to the blended Grams.
+    """
+
+    images: tuple[Tensor, ...]  # each (1, 3, h, w) float32 in [0, 1], CPU copies
+    blend: tuple[float, ...]  # sums to 1
+    _owner: object = field(repr=False)
+    _cache: OrderedDict[tuple, dict[str, Tensor]] = field(default_factory=OrderedDict,
+                                                          repr=False)
+
+
+# --------------------------------------------------------------------------- colour and size
+
+
+# FCC YIQ. The I and Q rows sum to 0 and the Y row to 1, so the inverse's Y column is all
+# ones: RGB = Y + chroma(I, Q), which makes colour preservation exact (see _recombine).
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
+                            [0.595716, -0.274453, -0.321263],
+                            [0.211456, -0.522591, 0.311135]], dtype=torch.float64)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def rgb_to_yiq(image: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB -> (B, 3, H, W) YIQ (Y in [0, 1])."""
+    return torch.einsum("ij,bjhw->bihw", _RGB_TO_YIQ.to(image), image)
+
+
+def yiq_to_rgb(image: Tensor) -> Tensor:
+    """(B, 3, H, W) YIQ -> (B, 3, H, W) RGB (not clamped)."""
+    return torch.einsum("ij,bjhw->bihw", _YIQ_TO_RGB.to(image), image)
+
+
+def luminance(image: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) YIQ luminance."""
+    return rgb_to_yiq(image)[:, :1]
+
+
+def _recombine(y: Tensor, content: Tensor) -> Tensor:
+    """Output luminance y (1, 1, H, W) + content chroma -> RGB (1, 3, H, W) in [0, 1].
+
+    Clamping RGB channels independently would shift the hue; instead Y is clamped, per pixel,
+    to the range where Y + chroma stays inside [0, 1] in every channel. That range is never
+    empty because the content pixel itself lies in it, so the content's I/Q are kept exactly.
+    """
+    yiq = rgb_to_yiq(content)
+    chroma = yiq_to_rgb(torch.cat([torch.zeros_like(yiq[:, :1]), yiq[:, 1:]], dim=1))
+    low = (-chroma).amax(dim=1, keepdim=True)
+    high = (1.0 - chroma).amin(dim=1, keepdim=True)
+    return (torch.minimum(torch.maximum(y, low), high) + chroma).clamp(0.0, 1.0)
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, h, w) -> (B, C, H, W) bilinear, antialiased when shrinking. Same tensor if equal."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                         antialias=shrink)
+
+
+def _check_image(image: Tensor, what: str, channels: int = 3) -> None:
+    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[0] != 1 \
+            or image.shape[1] != channels or not image.is_floating_point():
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"{what}: expected a float tensor (1, {channels}, H, W), got {shape}")
+
+
+# --------------------------------------------------------------------------- device
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; ConfigError if CUDA is asked for
+    but missing."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"model.device: {spec} requested but CUDA is not available "
+                              "(no NVIDIA GPU/driver, or a CPU-only PyTorch); use auto or cpu")
+        index = int(spec[5:]) if ":" in spec else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"model.device: {spec} does not exist; this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    raise ConfigError(f"model.device: must be auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass
+class _Problem:
+    """Everything the loss needs at one size; built once per scale."""
+
+    size: tuple[int, int]
+    content: Tensor  # content-layer features of the content image at this size
+    grams: dict[str, Tensor]  # blended style Grams
+    temporal: list[tuple[Tensor, Tensor, float]]  # (target, mask, weight) at this size
+    chroma_source: Tensor  # content RGB at this size (colour recombination)
+
+
+class _Tracker:
+    """Counts iterations over a run: progress reports, early stopping, stop requests.
+
+    Loss values stay on the device until a flush (every `sync_every` iterations), so the only
+    host synchronisation is the one early stopping and progress need.
+    """
+
+    def __init__(self, total: int, scale_count: int, started: float, sync_every: int,
+                 progress: Callable[[Progress], None] | None,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.total, self.scale_count, self.started = total, scale_count, started
+        self.sync_every = sync_every
+        self.progress, self.should_stop = progress, should_stop
+        self.done = 0
+        self.first_loss: float | None = None
+        self._pending: list[tuple[int, Tensor]] = []
+        self._history: list[float] = []
+        self._scale = (0, (0, 0), ("total",), 0.0, 1)
+
+    def begin_scale(self, index: int, size: tuple[int, int], names: tuple[str, ...],
+                    tolerance: float, window: int) -> None:
+        self._scale = (index, size, names, tolerance, window)
+        self._history = []
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted("stylization stopped on request")
+
+    def record(self, values: Tensor) -> bool:
+        """Note one iteration's losses ([total, *terms], on device); True = converged."""
+        self.done += 1
+        self._pending.append((self.done, values))
+        return self.flush() if len(self._pending) >= self.sync_every else False
+
+    def flush(self) -> bool:
+        if not self._pending:
+            return False
+        rows = torch.stack([v for _, v in self._pending]).tolist()  # the one host sync
+        numbers = [i for i, _ in self._pending]
+        self._pending.clear()
+        index, size, names, tolerance, window = self._scale
+        converged = False
+        for iteration, row in zip(numbers, rows, strict=True):
+            if not math.isfinite(row[0]):
+                raise NstdError(f"the optimization diverged (loss {row[0]}) at iteration "
+                                f"{iteration}; lower style.style_weight or style.learning_rate")
+            if self.first_loss is None:
+                self.first_loss = row[0]
+            self._history.append(row[0])
+            if self.progress is not None:
+                losses = dict(zip(names[1:], row[1:], strict=True))
+                losses["total"] = row[0]
+                self.progress(Progress(iteration, self.total, index, self.scale_count, size,
+                                       row[0], losses, time.monotonic() - self.started))
+            converged = converged or self._converged(tolerance, window)
+        return converged
+
+    def _converged(self, tolerance: float, window: int) -> bool:
+        """Relative loss change over the last `window` iterations below `tolerance`."""
+        if tolerance <= 0 or len(self._history) <= window:
+            return False
+        old, new = self._history[-window - 1], self._history[-1]
+        return abs(old - new) <= tolerance * max(abs(old), 1e-30)
+
+
+# --------------------------------------------------------------------------- the stylizer
+
+
+class Stylizer:
+    """Gatys et al. style transfer with a fixed network, loss settings and device.
+
+    Args:
+        features: the VGG-19 extractor; must provide style.content_layer and every style
+            layer. It is moved to `device`.
+        style: loss weights, layers, optimizer, budget, scales, init, seed, colour option.
+        device: where the optimization runs (see `resolve_device`).
+        precision: 'fp32', or 'bf16' = autocast the network only; Grams and losses stay fp32.
+        channels_last: run the network in channels-last memory format (faster on CUDA).
+        sync_every: iterations between host syncs for progress/early stopping (1 = exact).
+    """
+
+    def __init__(self, features: VGGFeatures, style: StyleConfig, device: torch.device,
+                 precision: str = "fp32", channels_last: bool = False,
+                 sync_every: int = 1) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"model.precision: must be fp32 or bf16, got {precision!r}")
+        needed = [style.content_layer, *style.style_layers]
+        missing = [name for name in needed if name not in features.layers]
+        if missing:
+            raise ValueError(f"the feature extractor does not provide {missing}; build it with "
+                             "the content and style layers of this StyleConfig")
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        self.device = torch.device(device)
+        self.style = style
+        self.precision = precision
+        self.channels_last = channels_last
+        self.sync_every = sync_every
+        self.features = features.to(self.device)
+        if channels_last:
+            self.features = self.features.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            # TF32 for convolutions and fp32 matmuls (Grams): ~10-bit mantissa products with
+            # fp32 accumulation is ample for a loss driven to a few significant digits.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self._style_weights = {k: float(v) for k, v in style.style_layers.items() if v != 0}
+        self._token = object()
+
+    def with_style(self, style: StyleConfig) -> Stylizer:
+        """A stylizer with other loss/optimizer settings sharing this one's network.
+
+        StyleTargets prepared here stay valid when the settings that shape the Grams (style
+        layers, style_scale, preserve_color) are unchanged, e.g. a video's warm-frame budget
+        or tolerance.
+        """
+        other = Stylizer(self.features, style, self.device, precision=self.precision,
+                         channels_last=self.channels_last, sync_every=self.sync_every)
+        shape = ("style_layers", "style_scale", "preserve_color")
+        if all(getattr(style, k) == getattr(self.style, k) for k in shape):
+            other._token = self._token
+        return other
+
+    # ----------------------------------------------------------------- style targets
+
+    def prepare_style(self, images: Sequence[Tensor], blend: Sequence[float]) -> StyleTarget:
+        """Style images (each (1, 3, h, w) float in [0, 1]) and blend weights -> StyleTarget.
+
+        Weights must be >= 0 with a positive sum; they are normalized to sum 1 and the Gram
+        matrices are blended with them. Grams are computed lazily per output size and cached.
+        """
+        if not images:
+            raise UsageError("no style image given; add at least one style")
+        if len(blend) != len(images):
+            raise UsageError(f"{len(images)} style images but {len(blend)} blend weights; "
+                             "give one weight per style")
+        weights = [float(w) for w in blend]
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise UsageError(f"style blend weights must be >= 0 with a positive sum, "
+                             f"got {weights}")
+        for i, image in enumerate(images):
+            _check_image(image, f"style image {i + 1}")
+        copies = tuple(img.detach().to("cpu", torch.float32).clone() for img in images)
+        total = sum(weights)
+        return StyleTarget(copies, tuple(w / total for w in weights), self._token)
+
+    def _style_grams(self, target: StyleTarget, size: tuple[int, int],
+                     stats: tuple[float, float] | None) -> dict[str, Tensor]:
+        """Blended Gram targets for an output of `size`, cached in `target`.
+
+        The style image is resized so its longest side is style_scale times the output's.
+        With preserve_color its luminance is matched to the content's mean/std `stats`.
+        """
+        key = (tuple(size), stats)
+        if key in target._cache:
+            target._cache.move_to_end(key)
+            return target._cache[key]
+        long_side = max(1, round(self.style.style_scale * max(size)))
+        blended: dict[str, Tensor] = {}
+        with torch.no_grad():
+            for image, weight in zip(target.images, target.blend, strict=True):
+                if weight == 0:
+                    continue
+                prepared = self._prepare_style_image(image, long_side, stats)
+                feats = self._forward(prepared)
+                for layer in self._style_weights:
+                    gram = weight * gram_matrix(feats[layer])
+                    blended[layer] = gram if layer not in blended else blended[layer] + gram
+        target._cache[key] = blended
+        while len(target._cache) > _GRAM_CACHE_SIZE:
+            target._cache.popitem(last=False)
+        return blended
+
+    def _prepare_style_image(self, image: Tensor, long_side: int,
+                             stats: tuple[float, float] | None) -> Tensor:
+        h, w = image.shape[-2:]
+        scale = long_side / max(h, w)
+        # Never below the network's minimum side, or the deepest layer would be empty.
+        scale = max(scale, self.features.min_side / min(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        image = _resize(image.to(self.device), size)
+        if stats is None:
+            return image
+        y = luminance(image)
+        mean, std = stats
+        y = (y - y.mean()) / (y.std() + 1e-6) * std + mean
+        return y.expand(-1, 3, -1, -1)
+
+    # ----------------------------------------------------------------- losses
+
+    def _forward(self, rgb: Tensor) -> dict[str, Tensor]:
+        """The network under the configured precision/memory format; rgb (1, 3, H, W)."""
+        if self.channels_last:
+            rgb = rgb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            return self.features(rgb)
+
+    def _term_names(self, problem: _Problem) -> tuple[str, ...]:
+        names = ("total", "content", "style", "tv")
+        return names + ("temporal",) if problem.temporal else names
+
+    def _terms(self, problem: _Problem, x: Tensor) -> list[Tensor]:
+        """Weighted loss terms of image x (1, C, H, W), C = 1 (luminance) or 3, in the order
+        of `_term_names` without 'total'. Each is a float32 scalar."""
+        s = self.style
+        feats = self._forward(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+        zero = x.new_zeros(())
+        terms = [
+            s.content_weight * content_loss(feats[s.content_layer], problem.content)
+            if s.content_weight else zero,
+            s.style_weight * style_loss({k: gram_matrix(feats[k]) for k in self._style_weights},
+                                        problem.grams, self._style_weights)
+            if s.style_weight and self._style_weights else zero,
+            s.tv_weight * tv_loss(x) if s.tv_weight else zero,
+        ]
+        if problem.temporal:
+            terms.append(sum((w * temporal_loss(x, t, m) for t, m, w in problem.temporal),
+                             start=zero))
+        return terms
+
+    def _problem(self, content: Tensor, target: StyleTarget,
+                 temporal: Sequence[TemporalTerm], size: tuple[int, int]) -> _Problem:
+        """Targets at one size. content (1, 3, H, W) on the device."""
+        rgb = _resize(content, size)
+        x = rgb
+        stats = None
+        if self.style.preserve_color:
+            x = luminance(rgb)
+            # Rounded so that a static scene hits the Gram cache frame after frame.
+            mean, std = torch.stack([x.mean(), x.std()]).tolist()
+            stats = (round(mean, 4), round(std, 4))
+        with torch.no_grad():
+            content_feats = self._forward(x.expand(-1, 3, -1, -1))[self.style.content_layer]
+        terms = []
+        for term in temporal:
+            t = _resize(term.target.to(self.device, torch.float32), size)
+            m = _resize(term.mask.to(self.device, torch.float32), size)
+            terms.append((luminance(t) if self.style.preserve_color else t, m,
+                          float(term.weight)))
+        grams = self._style_grams(target, size, stats)
+        return _Problem(tuple(size), content_feats.detach(), grams, terms, rgb)
+
+    # ----------------------------------------------------------------- running
+
+    def run(self, content: Tensor, target: StyleTarget, *, init: Tensor | None = None,
+            iterations: int | None = None, coarse_to_fine: bool = True,
+            temporal: Sequence[TemporalTerm] = (),
+            progress: Callable[[Progress], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> StylizeResult:
+        """Stylize `content` (1, 3, H, W) float in [0, 1] towards `target`.
+
+        init: start image (1, 3, h, w) in [0, 1] (resized to fit), else style.init
+            ('content' or seeded 'noise'; 'image' needs `init`).
+        iterations: budget at the final scale (default style.iterations); coarser scales get
+            style.coarse_iterations each. coarse_to_fine=False optimizes at full size only.
+        temporal: extra terms pulling the output towards given images (video).
+        Raises Interrupted when should_stop() turns true, OutOfMemoryError on CUDA OOM.
+        Returns the (1, 3, H, W) result on the CPU; the caller's tensors are never modified.
+        """
+        started = time.monotonic()
+        self._check_run_args(content, target, init, temporal)
+        try:
+            return self._run(content, target, init, iterations, coarse_to_fine, temporal,
+                             progress, should_stop, started)
+        except torch.cuda.OutOfMemoryError:
+            h, w = content.shape[-2:]
+            raise OutOfMemoryError(f"out of GPU memory stylizing {w}x{h}; "
+                                   "retry at a smaller size (style.max_side)") from None
+
+    def _check_run_args(self, content: Tensor, target: StyleTarget, init: Tensor | None,
+                        temporal: Sequence[TemporalTerm]) -> None:
+        _check_image(content, "content")
+        if target._owner is not self._token:
+            raise ValueError("this StyleTarget was prepared by another Stylizer")
+        if init is not None:
+            _check_image(init, "init")
+        elif self.style.init == "image":
+            raise UsageError("style.init is 'image' but no start image was given; "
+                             "set style.init_image")
+        for term in temporal:
+            _check_image(term.target, "temporal target")
+            _check_image(term.mask, "temporal mask", channels=1)
+        h, w = content.shape[-2:]
+        if min(h, w) < self.features.min_side:
+            raise UsageError(f"the image is {w}x{h}; its shorter side must be at least "
+                             f"{self.features.min_side} pixels for layer "
+                             f"{self.features.deepest}")
+
+    def _run(self, content: Tensor, target: StyleTarget, init: Tensor | None,
+             iterations: int | None, coarse_to_fine: bool, temporal: Sequence[TemporalTerm],
+             progress: Callable[[Progress], None] | None,
+             should_stop: Callable[[], bool] | None, started: float) -> StylizeResult:
+        content = content.detach().to(self.device, torch.float32)
+        full = (int(content.shape[-2]), int(content.shape[-1]))
+        budget = self.style.iterations if iterations is None else int(iterations)
+        if budget < 0:
+            raise ValueError(f"iterations must be >= 0, got {budget}")
+        plan = self._plan(full, budget, coarse_to_fine)
+        tracker = _Tracker(sum(n for _, n in plan), len(plan), started, self.sync_every,
+                           progress, should_stop)
+        start = self._initial_image(content, init, plan[0][0])
+        x, stopped_early = start, False
+        for index, (size, steps) in enumerate(plan):
+            if index > 0:
+                x = _resize(x.clamp(0.0, 1.0), size)
+            problem = self._problem(content, target, temporal, size)
+            x, stopped_early = self._optimize(problem, x, steps, index, tracker)
+        image, terms = self._finish(problem, x)
+        initial = tracker.first_loss if len(plan) == 1 and tracker.first_loss is not None \
+            else self._total(problem, _resize(start, full))
+        return StylizeResult(image=image, initial_loss=initial, final_loss=terms["total"],
+                             losses=terms, iterations=tracker.done,
+                             seconds=time.monotonic() - started, stopped_early=stopped_early)
+
+    def _plan(self, full: tuple[int, int], budget: int,
+              coarse_to_fine: bool) -> list[tuple[tuple[int, int], int]]:
+        """[(size, iterations)] from coarse to full size; too-small scales are skipped."""
+        plan: list[tuple[tuple[int, int], int]] = []
+        if coarse_to_fine and self.style.coarse_iterations > 0:
+            for scale in self.style.scales:
+                size = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
+                if scale >= 1.0 or size == full or max(size) < self.style.min_scale_side \
+                        or min(size) < self.features.min_side or (plan and plan[-1][0] == size):
+                    continue
+                plan.append((size, self.style.coarse_iterations))
+        plan.append((full, budget))
+        return plan
+
+    def _initial_image(self, content: Tensor, init: Tensor | None,
+                       size: tuple[int, int]) -> Tensor:
+        """The start image at the first scale: (1, C, h, w) on the device, a new tensor."""
+        if init is not None:
+            image = _resize(init.detach().to(self.device, torch.float32), size)
+        elif self.style.init == "noise":
+            # Drawn on the CPU from a seeded generator: the same start on every device.
+            gen = torch.Generator().manual_seed(self.style.seed)
+            channels = 1 if self.style.preserve_color else 3
+            noise = torch.rand((1, channels, *size), generator=gen)
+            return noise.to(self.device)
+        else:
+            image = _resize(content, size)
+        image = luminance(image) if self.style.preserve_color else image
+        return image.clone()
+
+    def _optimize(self, problem: _Problem, x0: Tensor, steps: int, scale_index: int,
+                  tracker: _Tracker) -> tuple[Tensor, bool]:
+        """Run up to `steps` iterations from x0 at one scale; returns (x, stopped early)."""
+        x = x0.detach().clone().requires_grad_(True)
+        optimizer = self._optimizer(x)
+        names = self._term_names(problem)
+        tracker.begin_scale(scale_index, problem.size, names, self.style.tolerance,
+                            self.style.tolerance_window)
+        last: list[Tensor] = []
+
+        def closure() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            terms = self._terms(problem, x)
+            total = torch.stack(terms).sum()
+            total.backward()
+            last[:] = [torch.stack([total, *terms]).detach()]
+            return total
+
+        stopped = False
+        for step in range(steps):
+            tracker.check_stop()
+            optimizer.step(closure)
+            if tracker.record(last[0]):
+                stopped = step + 1 < steps  # converging on the last step is not "early"
+                break
+        tracker.flush()  # report iterations still pending (sync_every > 1)
+        return x.detach(), stopped
+
+    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer:
+        if self.style.optimizer == "adam":
+            return torch.optim.Adam([x], lr=self.style.learning_rate)
+        return torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=self.style.lbfgs_history)
+
+    def _finish(self, problem: _Problem, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The result image (CPU, [0, 1]) and the loss terms of exactly that image."""
+        with torch.no_grad():
+            if self.style.preserve_color:
+                rgb = _recombine(x, problem.chroma_source)
+                evaluated = luminance(rgb)
+            else:
+                rgb = evaluated = x.clamp(0.0, 1.0)
+            terms = self._terms(problem, evaluated)
+        values = torch.stack([torch.stack(terms).sum(), *terms]).tolist()
+        names = self._term_names(problem)[1:] + ("total",)
+        losses = dict(zip(names, values[1:] + values[:1], strict=True))
+        return rgb.detach().to("cpu", torch.float32), losses
+
+    def _total(self, problem: _Problem, x: Tensor) -> float:
+        with torch.no_grad():
+            return float(torch.stack(self._terms(problem, x)).sum())
+
+    def evaluate(self, image: Tensor, content: Tensor, target: StyleTarget) -> dict[str, float]:
+        """Weighted content/style/tv losses and their total for `image` against `content`.
+
+        image, content (1, 3, H, W) float in [0, 1] of the same size. No temporal term.
+        With preserve_color the losses are those of the luminance, as in `run`.
+        """
+        _check_image(image, "image")
+        _check_image(content, "content")
+        if image.shape != content.shape:
+            raise ValueError(f"image {tuple(image.shape)} and content {tuple(content.shape)} "
+                             "differ in size")
+        if target._owner is not self._token:
+            raise ValueError("this StyleTarget was prepared by another Stylizer")
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        problem = self._problem(content.detach().to(self.device, torch.float32), target, (),
+                                size)
+        x = image.detach().to(self.device, torch.float32)
+        x = luminance(x) if self.style.preserve_color else x
+        with torch.no_grad():
+            terms = self._terms(problem, x)
+        values = torch.stack([torch.stack(terms).sum(), *terms]).tolist()
+        return {"content": values[1], "style": values[2], "tv": values[3], "total": values[0]}
+
+
+def build_stylizer(model: ModelConfig, style: StyleConfig,
+                   weights_override: str | None = None) -> Stylizer:
+    """Resolve the device, load and check the weights, build the truncated network.
+
+    bf16 and channels_last apply on CUDA only (on the CPU they are slower or unsupported);
+    `weights_override` replaces model.weights (None keeps it).
+    """
+    device = resolve_device(model.device)
+    on_cuda = device.type == "cuda"
+    if model.precision == "bf16" and not on_cuda:
+        log.info("model.precision bf16 applies on CUDA only; running fp32 on %s", device)
+    state = load_vgg19_state_dict(weights_override if weights_override is not None
+                                  else model.weights)
+    features = VGGFeatures(state, [style.content_layer, *style.style_layers],
+                           pooling=model.pooling)
+    del state
+    return Stylizer(features, style, device,
+                    precision=model.precision if on_cuda else "fp32",
+                    channels_last=model.channels_last and on_cuda)
