@@ -1,0 +1,536 @@
+"""The job ledger: one SQLite row per job, durable across crashes and readable while it runs.
+
+States: ``queued -> running -> done``, or ``running -> queued`` (transient failure, retried
+after a backoff) until ``max_attempts``, then ``failed``. ``nstd retry`` turns ``failed`` back
+into ``queued``.
+
+Decisions (why):
+- WAL journal so ``nstd status`` reads while the daemon writes; ``busy_timeout`` so a writer
+  waits for a moment instead of failing with "database is locked".
+- ``synchronous=FULL``: in WAL mode NORMAL may lose the last commits on *power* loss (never on
+  a process crash). Losing a ``done`` mark after the output was published would make a restart
+  stylize the file again and publish a duplicate ``-1`` output. Commits are few (state changes
+  and one progress row per frame, each seconds apart), so an fsync per commit costs nothing.
+- Every method that needs the time takes ``now`` (seconds since the epoch, as ``time.time()``)
+  so tests step time by hand.
+- Mutating methods run in ``BEGIN IMMEDIATE`` transactions: the write lock is taken before
+  reading, so two connections claiming at once can never take the same job.
+- A partial unique index on ``(source, content_key)`` for queued/running/done jobs backs the
+  dedupe rule in the database itself.
+- One daemon per ledger: `DaemonLock` (flock on ``<ledger>.lock``) refuses a second one; leases
+  then only tell ``nstd status`` whether the running job's daemon is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from nstd.errors import InputError, NstdError
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILENAME = "jobs.sqlite3"
+SCHEMA_VERSION = 1
+HASH_CHUNK = 64 * 1024
+BUSY_TIMEOUT_MS = 10_000
+# Backoff doubles per attempt; the cap keeps a large max_attempts from waiting for weeks.
+MAX_BACKOFF_SECONDS = 6 * 3600.0
+
+State = Literal["queued", "running", "done", "failed"]
+STATES: tuple[State, ...] = ("queued", "running", "done", "failed")
+
+# Each entry upgrades the schema from version i to i + 1 (index i).
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        source         TEXT    NOT NULL,            -- POSIX path relative to the inbox
+        content_key    TEXT    NOT NULL,            -- see content_key()
+        style          TEXT    NOT NULL,
+        settings       TEXT    NOT NULL DEFAULT '{}', -- JSON: the sidecar's overrides
+        state          TEXT    NOT NULL
+                       CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts       INTEGER NOT NULL DEFAULT 0,  -- counted at claim
+        lease_until    REAL,                        -- running only
+        not_before     REAL    NOT NULL DEFAULT 0,  -- retry backoff
+        progress_done  INTEGER,
+        progress_total INTEGER,
+        eta_seconds    REAL,
+        created        REAL    NOT NULL,
+        started        REAL,
+        finished       REAL,
+        output         TEXT,
+        error          TEXT
+    );
+    CREATE INDEX jobs_claim ON jobs (state, not_before, id);
+    CREATE INDEX jobs_source ON jobs (source);
+    CREATE UNIQUE INDEX jobs_live_key ON jobs (source, content_key)
+        WHERE state IN ('queued', 'running', 'done');
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ledger row. Times are seconds since the epoch; ``settings`` is the decoded JSON."""
+
+    id: int
+    source: str
+    content_key: str
+    style: str
+    settings: dict[str, Any] = field(hash=False, compare=True)
+    state: State
+    attempts: int
+    lease_until: float | None
+    not_before: float
+    progress_done: int | None
+    progress_total: int | None
+    eta_seconds: float | None
+    created: float
+    started: float | None
+    finished: float | None
+    output: str | None
+    error: str | None
+
+    @property
+    def name(self) -> str:
+        """The source's file name (last path component)."""
+        return PurePosixPath(self.source).name
+
+
+_COLUMNS = (
+    "id, source, content_key, style, settings, state, attempts, lease_until, not_before, "
+    "progress_done, progress_total, eta_seconds, created, started, finished, output, error"
+)
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    return Job(*values)
+
+
+def ledger_path(state_dir: str | os.PathLike[str]) -> Path:
+    """The ledger file inside the configured ``daemon.state`` folder."""
+    return Path(state_dir) / LEDGER_FILENAME
+
+
+def content_key(path: str | os.PathLike[str]) -> str:
+    """``"<size>:<mtime_ns>:<sha256 of the first and last 64 KiB>"`` of a regular file.
+
+    Cheap for large videos, yet changes when a file is replaced or rewritten. The file is
+    opened without following symlinks and without blocking (a FIFO never hangs us), and must
+    be a regular file. Raises `InputError` for anything else; `OSError` (e.g.
+    ``FileNotFoundError``) when it cannot be opened or read: the caller decides whether that
+    is transient.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                f"{path} is a symbolic link; put the file itself in the inbox") from exc
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path} is not a regular file")
+        digest = hashlib.sha256()
+        digest.update(f.read(HASH_CHUNK))
+        if st.st_size > HASH_CHUNK:
+            f.seek(max(HASH_CHUNK, st.st_size - HASH_CHUNK))
+            digest.update(f.read(HASH_CHUNK))
+    return f"{st.st_size}:{st.st_mtime_ns}:{digest.hexdigest()}"
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for ``nstd status`` (possibly another user).
+
+    A WAL reader needs the ``-shm`` file; when the daemon is stopped (no ``-wal`` left: every
+    change is in the main file) and the reader may not create ``-shm`` in the folder, the
+    file is opened as immutable instead.
+    """
+    if not path.is_file():
+        raise NstdError(f"there is no job ledger at {path}; start `nstd run` first")
+    base = path.resolve().as_uri()
+    for query in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{base}?{query}", uri=True, isolation_level=None,
+                             check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return db
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if not isinstance(exc, sqlite3.OperationalError):  # e.g. "file is not a database"
+                raise NstdError(f"the job ledger {path} cannot be used ({exc})") from exc
+            if Path(f"{path}-wal").exists() or query == "immutable=1":
+                raise NstdError(
+                    f"cannot read the job ledger {path} ({exc}); run as the daemon's user "
+                    "or a member of its group"
+                ) from exc
+    raise AssertionError("unreachable")
+
+
+class Ledger:
+    """The SQLite job ledger. Use `Ledger.open`; close with `close()` or a ``with`` block.
+
+    One connection, guarded by a lock so the object may be shared between threads; separate
+    `Ledger` objects (processes) on the same file are safe too.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._lock = threading.RLock()
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> Ledger:
+        """Open (creating the parent folder and schema) the ledger file at ``path``.
+
+        ``readonly=True`` (for ``nstd status``) never creates or changes anything and raises
+        `NstdError` when there is no ledger yet. Raises `NstdError` when the file is not a
+        ledger or was written by a newer nstd.
+        """
+        path = Path(path)
+        if readonly:
+            db = _connect_readonly(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                 timeout=BUSY_TIMEOUT_MS / 1000)
+        ledger = cls(db, path)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            ledger._migrate(readonly)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise NstdError(
+                f"the job ledger {path} cannot be used ({exc}); stop nstd and move it aside"
+            ) from exc
+        except BaseException:
+            db.close()
+            raise
+        return ledger
+
+    def _migrate(self, readonly: bool) -> None:
+        if readonly:
+            version = self._schema_version()
+            if version != SCHEMA_VERSION:
+                raise NstdError(
+                    f"the job ledger {self.path} has schema version {version}, this nstd "
+                    f"reads version {SCHEMA_VERSION}; run the matching `nstd run` once"
+                )
+            return
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = self._schema_version()
+            if version > SCHEMA_VERSION:
+                raise NstdError(
+                    f"the job ledger {self.path} has schema version {version}, newer than this "
+                    f"nstd supports ({SCHEMA_VERSION}); upgrade nstd"
+                )
+            for script in _MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if version != SCHEMA_VERSION:
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def _schema_version(self) -> int:
+        try:
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.OperationalError:  # no such table: not created yet
+            return 0
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Job | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs {sql}", args).fetchone()
+        return _job(row) if row else None
+
+    def _many(self, sql: str, args: tuple[Any, ...] = ()) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs {sql}", args).fetchall()
+        return [_job(r) for r in rows]
+
+    # ----------------------------------------------------------------- writing
+    def enqueue(self, source: str, key: str, style: str, settings: Mapping[str, Any],
+                now: float) -> Job | None:
+        """Queue ``source`` (POSIX path relative to the inbox) unless already known.
+
+        Returns None when the same source with the same content key is queued, running or
+        done. Identical bytes under another name are a new job; the same name with a new key
+        (the file was replaced) is a new job, and a still-queued job for the old bytes is
+        dropped because those bytes are gone.
+        """
+        payload = json.dumps(dict(settings), sort_keys=True)
+        with self._write() as db:
+            live = db.execute(
+                "SELECT 1 FROM jobs WHERE source = ? AND content_key = ? "
+                "AND state IN ('queued', 'running', 'done')", (source, key)).fetchone()
+            if live:
+                return None
+            dropped = db.execute(
+                "DELETE FROM jobs WHERE source = ? AND content_key != ? AND state = 'queued'",
+                (source, key)).rowcount
+            if dropped:
+                log.info("%s was replaced before it was started; queued again", source)
+            cur = db.execute(
+                "INSERT INTO jobs (source, content_key, style, settings, state, not_before, "
+                "created) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                (source, key, style, payload, now, now))
+            job_id = cur.lastrowid
+        job = self.get(job_id)
+        assert job is not None  # just inserted by this connection
+        return job
+
+    def claim(self, now: float, lease_seconds: float) -> Job | None:
+        """Take the oldest queued job that is not backing off: running, attempts + 1, leased."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ? "
+                "ORDER BY id LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
+                "started = ?, finished = NULL WHERE id = ?",
+                (now + lease_seconds, now, row[0]))
+        return self.get(row[0])
+
+    def renew(self, job_id: int, now: float, lease_seconds: float) -> bool:
+        """Extend a running job's lease; False when the job is no longer running."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'",
+                (now + lease_seconds, job_id))
+        return cur.rowcount == 1
+
+    def progress(self, job_id: int, done: int, total: int, eta: float | None) -> None:
+        """Record "unit ``done`` of ``total``" (frames of a video, iterations of an image)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET progress_done = ?, progress_total = ?, eta_seconds = ? "
+                "WHERE id = ?", (done, total, eta, job_id))
+
+    def complete(self, job_id: int, output: str, now: float) -> None:
+        """Mark a job done with its published output path."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'done', output = ?, finished = ?, lease_until = NULL, "
+                "eta_seconds = 0, error = NULL WHERE id = ?", (output, now, job_id))
+
+    def fail(self, job_id: int, error: str, now: float, *, permanent: bool, max_attempts: int,
+             backoff_seconds: float) -> Job:
+        """Record a failed attempt and return the updated job.
+
+        A transient failure goes back to ``queued`` with ``not_before = now + backoff *
+        2**(attempts - 1)`` (capped at `MAX_BACKOFF_SECONDS`) while attempts < max_attempts;
+        otherwise, or when ``permanent``, the job ends ``failed``. Check ``job.state``.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            attempts = row[0]
+            if permanent or attempts >= max_attempts:
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished = ?, "
+                    "lease_until = NULL, eta_seconds = NULL WHERE id = ?",
+                    (error, now, job_id))
+            else:
+                delay = min(backoff_seconds * 2 ** max(0, min(attempts - 1, 30)),
+                            MAX_BACKOFF_SECONDS)
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', error = ?, not_before = ?, "
+                    "lease_until = NULL, eta_seconds = NULL WHERE id = ?",
+                    (error, now + delay, job_id))
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def recover(self, now: float) -> int:
+        """At start-up: jobs left ``running`` by a crash go back to ``queued``.
+
+        Their attempt was counted when claimed, so a job that crashes the daemon every time
+        still reaches ``max_attempts``. They may start at once (``not_before = now``).
+        Returns how many were recovered. Call only while holding the `DaemonLock`.
+        """
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ? "
+                "WHERE state = 'running'", (now,))
+        if cur.rowcount:
+            log.info("%d interrupted job(s) queued again", cur.rowcount)
+        return cur.rowcount
+
+    def retry(self, name: str | None = None) -> int:
+        """Requeue failed jobs (all, or those whose source path or file name is ``name``).
+
+        Attempts are reset. A failed row whose bytes were since queued or done again under
+        the same name is left alone. Returns how many jobs were requeued.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, source, content_key FROM jobs WHERE state = 'failed' "
+                "ORDER BY id").fetchall()
+            count = 0
+            for job_id, source, key in rows:
+                if name is not None and name not in (source, PurePosixPath(source).name):
+                    continue
+                live = db.execute(
+                    "SELECT 1 FROM jobs WHERE source = ? AND content_key = ? "
+                    "AND state IN ('queued', 'running', 'done')", (source, key)).fetchone()
+                if live:
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
+                    "finished = NULL WHERE id = ?", (job_id,))
+                count += 1
+        return count
+
+    def forget(self, job_id: int) -> bool:
+        """Delete a job row (e.g. a queued job whose source vanished). True if it existed."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return cur.rowcount == 1
+
+    # (daemon helper) Three small writes the daemon needs; no schema change.
+    def set_output(self, job_id: int, output: str | None) -> None:
+        """Record the output path a job will publish to, before publishing (None clears it).
+
+        After a crash, a job whose recorded output exists and verifies is finished without
+        being computed again; other jobs never choose a path that a live job has recorded.
+        """
+        with self._write() as db:
+            db.execute("UPDATE jobs SET output = ? WHERE id = ?", (output, job_id))
+
+    def set_settings(self, job_id: int, settings: Mapping[str, Any]) -> None:
+        """Replace a job's per-job settings (e.g. a smaller style.max_side after running out
+        of memory)."""
+        payload = json.dumps(dict(settings), sort_keys=True)
+        with self._write() as db:
+            db.execute("UPDATE jobs SET settings = ? WHERE id = ?", (payload, job_id))
+
+    def release(self, job_id: int, now: float) -> bool:
+        """Put a running job back to ``queued`` without counting the attempt (the daemon was
+        asked to stop). True if the job was running."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                "lease_until = NULL, not_before = ?, eta_seconds = NULL "
+                "WHERE id = ? AND state = 'running'", (now, job_id))
+        return cur.rowcount == 1
+
+    # ----------------------------------------------------------------- reading
+    def get(self, job_id: int) -> Job | None:
+        return self._one("WHERE id = ?", (job_id,))
+
+    def find(self, source: str, key: str | None = None) -> Job | None:
+        """The newest job for ``source`` (and ``key`` when given), any state."""
+        if key is None:
+            return self._one("WHERE source = ? ORDER BY id DESC LIMIT 1", (source,))
+        return self._one("WHERE source = ? AND content_key = ? ORDER BY id DESC LIMIT 1",
+                         (source, key))
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state present (zero when none)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(dict(rows))
+        return counts
+
+    def active(self) -> list[Job]:
+        """Running jobs, then queued ones in claim order."""
+        return self._many(
+            "WHERE state IN ('running', 'queued') "
+            "ORDER BY state = 'queued', id")
+
+    def recent(self, limit: int = 20) -> list[Job]:
+        """The last ``limit`` finished (done or failed) jobs, newest first."""
+        return self._many(
+            "WHERE state IN ('done', 'failed') ORDER BY finished DESC, id DESC LIMIT ?",
+            (limit,))
+
+
+class DaemonLock:
+    """An exclusive, non-blocking ``flock`` on ``<ledger>.lock``: one daemon per ledger.
+
+    The kernel releases it when the process dies (kill -9 included), so no stale lock is
+    ever left behind. Raises `NstdError` naming the holder's pid when already taken.
+    """
+
+    def __init__(self, ledger_file: str | os.PathLike[str]) -> None:
+        self.path = Path(f"{os.fspath(ledger_file)}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> DaemonLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise NstdError(
+                f"another nstd daemon (pid {holder}) is already using {self.path.parent}; "
+                "stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> DaemonLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
