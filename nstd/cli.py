@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, metavar="PATH",
                         help="config file (default: ./config.yaml if present, else built-in)")
     common.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config key, e.g. style.iterations=200")
+                        metavar="KEY=VALUE",
+                        help="override a config key, e.g. style.iterations=200")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
     parser = argparse.ArgumentParser(prog="nstd", description="Neural style transfer daemon.")

@@ -273,7 +273,8 @@ def _check_rules(path: str, value: Any, rules: Mapping[str, Any], problems: list
     if "max" in rules and any(v is not None and v > rules["max"] for v in numbers):
         problems.append(f"{path}: must be <= {rules['max']}, got {_show(value)}")
     if "choices" in rules and value not in rules["choices"]:
-        problems.append(f"{path}: must be one of {' | '.join(rules['choices'])}, got {_show(value)}")
+        allowed = " | ".join(rules["choices"])
+        problems.append(f"{path}: must be one of {allowed}, got {_show(value)}")
     if rules.get("pattern") == "device" and not _is_device(value):
         problems.append(f"{path}: must be auto, cpu, cuda or cuda:N, got {_show(value)}")
     if rules.get("layer"):

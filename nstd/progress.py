@@ -22,13 +22,15 @@ class JobProgress:
     elapsed: float
     loss: float | None = None
     detail: str = ""
+    done_this_run: int | None = None  # units of `done` worked in this run (not resumed)
 
     @property
     def eta(self) -> float | None:
-        """Seconds left, extrapolated from the rate so far; None before the first unit."""
-        if self.done <= 0 or self.total <= 0:
+        """Seconds left, extrapolated from this run's rate; None before the first unit."""
+        worked = self.done if self.done_this_run is None else self.done_this_run
+        if worked <= 0 or self.total <= 0:
             return None
-        return max(0.0, self.elapsed / self.done * (self.total - self.done))
+        return max(0.0, self.elapsed / worked * (self.total - self.done))
 
 
 def format_duration(seconds: float | None) -> str:

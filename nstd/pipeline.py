@@ -1,0 +1,228 @@
+"""The whole job flow, in one place: input file -> stylized output file.
+
+    image:  read (limits checked before decoding) -> resize to style.max_side -> Stylizer.run
+            -> write under a temp name in the output folder -> rename (never overwrite)
+    video:  see `nstd.video_job` (probe/plan -> per-frame loop with stored frames -> encode)
+
+The CLI (`nstd stylize`) and the daemon both call `run_job`. Nothing here prints: progress
+goes out through a callback, and errors are `nstd.errors` classes with one-line messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nstd import images, video
+from nstd.config import Config
+from nstd.errors import InputError, OutputError, UsageError
+from nstd.progress import JobProgress
+from nstd.stylize import Progress, StyleTarget, Stylizer
+
+ProgressCallback = Callable[[JobProgress], None]
+StopCheck = Callable[[], bool]
+Heartbeat = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything one stylization job needs besides the engine."""
+
+    source: Path
+    output: Path
+    styles: tuple[Path, ...]
+    blend: tuple[float, ...]
+    config: Config
+    overwrite: bool = False
+    work_dir: Path | None = None  # videos: where stored frames live (default: next to output)
+    restart: bool = False  # videos: discard stored frames instead of resuming
+
+
+@dataclass
+class JobReport:
+    """What a finished job reports (`--json` prints `as_dict()`)."""
+
+    kind: str
+    output: Path
+    seconds: float
+    iterations: int
+    initial_loss: float
+    final_loss: float
+    losses: dict[str, float]
+    width: int
+    height: int
+    device: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {
+            "kind": self.kind,
+            "output": str(self.output),
+            "seconds": round(self.seconds, 3),
+            "iterations": self.iterations,
+            "initial_loss": self.initial_loss,
+            "final_loss": self.final_loss,
+            "losses": self.losses,
+            "width": self.width,
+            "height": self.height,
+            "device": self.device,
+        }
+        data.update(self.extra)
+        return data
+
+
+def media_kind(path: Path) -> str:
+    """'image' or 'video' from the file extension; UsageError for anything else."""
+    suffix = path.suffix.lower()
+    if suffix in images.IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in video.VIDEO_EXTENSIONS:
+        return "video"
+    allowed = sorted(images.IMAGE_EXTENSIONS | video.VIDEO_EXTENSIONS)
+    raise UsageError(f"{path.name}: unsupported file type {suffix or '(none)'}; "
+                     f"use one of {' '.join(allowed)}")
+
+
+def default_output(source: Path, styles: Sequence[Path]) -> Path:
+    """`<stem>.<style-stem>.<ext>` next to the source (videos always `.mp4`)."""
+    style_part = "+".join(s.stem for s in styles)
+    suffix = ".mp4" if media_kind(source) == "video" else source.suffix
+    return source.with_name(f"{source.stem}.{style_part}{suffix}")
+
+
+def run_job(
+    request: JobRequest,
+    stylizer: Stylizer,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    heartbeat: Heartbeat | None = None,
+) -> JobReport:
+    """Stylize one image or video file as `request` says, and publish the result atomically.
+
+    `progress` gets a `JobProgress` per iteration (image) or per frame (video); `heartbeat` is
+    called at least once per optimizer iteration (the daemon pings systemd's watchdog from it);
+    `should_stop` is polled per iteration for an image (abandoned: nothing written) and between
+    frames for a video (stored frames kept, the next run resumes).
+    """
+    kind = media_kind(request.source)
+    if kind == "video" and media_kind(request.output) != "video":
+        raise UsageError(f"{request.output.name}: a video's output must be a video file (.mp4)")
+    if kind == "image" and media_kind(request.output) != "image":
+        raise UsageError(f"{request.output.name}: an image's output must be an image file")
+    if request.output.exists() and not request.overwrite:
+        raise OutputError(f"{request.output} exists already; choose another -o or add --overwrite")
+    if request.output.resolve() == request.source.resolve():
+        raise OutputError(f"{request.output}: the output would replace its own input")
+    if not request.output.parent.is_dir():
+        raise OutputError(f"{request.output.parent} is not a folder; create it first")
+    target = load_style_target(stylizer, request)
+    if kind == "image":
+        return stylize_image_file(request, stylizer, target, progress, should_stop, heartbeat)
+    from nstd.video_job import stylize_video_file  # flow and video imports only when needed
+
+    return stylize_video_file(request, stylizer, target, progress, should_stop, heartbeat)
+
+
+def load_style_target(stylizer: Stylizer, request: JobRequest) -> StyleTarget:
+    """Read the style images and turn them into reusable Gram targets."""
+    if not request.styles:
+        raise UsageError("no style image given; add --style PATH")
+    if len(request.blend) != len(request.styles):
+        raise UsageError(f"{len(request.styles)} style images but {len(request.blend)} "
+                         "--style-weights; give one weight per style")
+    tensors = []
+    for path in request.styles:
+        try:
+            loaded = images.read_image(path, request.config.limits.max_pixels)
+        except InputError as exc:
+            raise InputError(f"style image {exc}") from None
+        tensors.append(to_tensor(loaded.rgb))
+    return stylizer.prepare_style(tensors, list(request.blend))
+
+
+def stylize_image_file(
+    request: JobRequest,
+    stylizer: Stylizer,
+    target: StyleTarget,
+    progress: ProgressCallback | None,
+    should_stop: StopCheck | None,
+    heartbeat: Heartbeat | None = None,
+) -> JobReport:
+    loaded = images.read_image(request.source, request.config.limits.max_pixels)
+    rgb = images.resize_max_side(loaded.rgb, request.config.style.max_side)
+    alpha = None
+    if loaded.alpha is not None:
+        alpha = images.resize_max_side(loaded.alpha[..., None], request.config.style.max_side)[
+            ..., 0]
+    content = to_tensor(rgb)
+    started = time.monotonic()
+    result = stylizer.run(
+        content,
+        target,
+        init=load_init_image(request.config, content.shape[-2:]),
+        progress=_iteration_progress(progress, started, heartbeat),
+        should_stop=should_stop,
+    )
+    images.write_image(request.output, to_array(result.image), alpha=alpha,
+                       overwrite=request.overwrite)
+    height, width = rgb.shape[:2]
+    return JobReport(
+        kind="image",
+        output=request.output,
+        seconds=result.seconds,
+        iterations=result.iterations,
+        initial_loss=result.initial_loss,
+        final_loss=result.final_loss,
+        losses=result.losses,
+        width=width,
+        height=height,
+        device=str(stylizer.device),
+        extra={"stopped_early": result.stopped_early},
+    )
+
+
+def load_init_image(config: Config, size: torch.Size) -> torch.Tensor | None:
+    """The configured start image (`style.init: image`), resized to the output; else None."""
+    if config.style.init != "image" or not config.style.init_image:
+        return None
+    loaded = images.read_image(Path(config.style.init_image), config.limits.max_pixels)
+    tensor = to_tensor(loaded.rgb)
+    return torch.nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear",
+                                           align_corners=False).clamp(0, 1)
+
+
+def _iteration_progress(progress: ProgressCallback | None, started: float,
+                        heartbeat: Heartbeat | None) -> Callable[[Progress], None] | None:
+    """Adapt the engine's per-iteration progress to the job-level callback."""
+    if progress is None and heartbeat is None:
+        return None
+
+    def report(p: Progress) -> None:
+        if heartbeat is not None:
+            heartbeat()
+        if progress is None:
+            return
+        progress(JobProgress(done=p.iteration, total=p.total, unit="iteration",
+                             elapsed=time.monotonic() - started, loss=p.loss,
+                             detail=f"scale {p.scale_index + 1}/{p.scale_count} "
+                                    f"{p.size[1]}x{p.size[0]}"))
+
+    return report
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) float32 or uint8 RGB -> (1, 3, H, W) float32 in [0, 1] (a copy)."""
+    array = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0)
+
+
+def to_array(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> (H, W, 3) float32 in [0, 1] on the CPU."""
+    return image.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
