@@ -1,0 +1,132 @@
+"""A video job's work folder: the resume points.
+
+    <work>/manifest.json        what the frames were made from (the fingerprint) and the plan
+    <work>/frames/000042.png    stylized frame 42, 16-bit RGB PNG (lossless at our precision)
+    <work>/frames/000042.json   its losses (so a resumed run still reports every frame)
+
+Each frame is written under a temporary name, fsynced and renamed, so a kill -9 or a power cut
+never leaves a half-written frame under a final name. Frames made with other settings are never
+mixed in: opening a folder whose fingerprint differs is refused unless `restart` is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from nstd.errors import UsageError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class FrameStore:
+    """Stored stylized frames of one job, keyed by frame index."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.frames_dir = root / "frames"
+        self.manifest = manifest
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, root: Path, fingerprint: dict[str, Any], *, restart: bool = False,
+             restart_hint: str = "rerun with --restart to start over") -> FrameStore:
+        """Open (or create) the work folder for a job with this `fingerprint`.
+
+        Raises UsageError when the folder holds frames made from different settings or input,
+        unless `restart` is true, in which case those frames are deleted first.
+        """
+        manifest_path = root / MANIFEST
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, ValueError):
+                manifest = None  # unreadable: nothing in it can be trusted
+            stored = (manifest or {}).get("fingerprint")
+            if manifest is not None and stored == fingerprint and not restart:
+                return cls(root, manifest)
+            if manifest is not None and stored != fingerprint and not restart:
+                changed = sorted(k for k in set(stored or {}) | set(fingerprint)
+                                 if (stored or {}).get(k) != fingerprint.get(k))
+                raise UsageError(
+                    f"{root} holds frames made with other settings or input "
+                    f"(changed: {', '.join(changed) or 'format'}); {restart_hint}")
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        store = cls(root, {"version": FORMAT_VERSION, "fingerprint": fingerprint})
+        store.frames_dir.mkdir()
+        store._write_manifest()
+        return store
+
+    def _write_manifest(self) -> None:
+        _write_atomic(self.root / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+    # ----------------------------------------------------------------- plan
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The video plan stored by the first run (frame count, segments), or None."""
+        return self.manifest.get("plan")
+
+    def save_plan(self, plan: dict[str, Any]) -> None:
+        self.manifest["plan"] = plan
+        self._write_manifest()
+
+    # ----------------------------------------------------------------- frames
+
+    def _frame_path(self, index: int, suffix: str = ".png") -> Path:
+        return self.frames_dir / f"{index:06d}{suffix}"
+
+    def has(self, index: int) -> bool:
+        """True when frame `index` and its losses are both stored completely."""
+        return self._frame_path(index).is_file() and self._frame_path(index, ".json").is_file()
+
+    def stored_count(self) -> int:
+        return sum(1 for p in self.frames_dir.glob("*.json"))
+
+    def save(self, index: int, rgb: np.ndarray, record: dict[str, Any]) -> None:
+        """Store frame `index`: (H, W, 3) float32 RGB in [0, 1], and its losses `record`.
+
+        The PNG is renamed into place before the JSON, and `has` needs both, so a crash
+        between the two leaves a frame that is simply recomputed.
+        """
+        pixels = np.round(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
+        ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:  # pragma: no cover - OpenCV failing to encode a plain array
+            raise OSError(f"could not encode frame {index} as PNG")
+        _write_atomic(self._frame_path(index), encoded.tobytes())
+        _write_atomic(self._frame_path(index, ".json"), json.dumps(record).encode())
+
+    def load(self, index: int) -> np.ndarray:
+        """Frame `index` as (H, W, 3) float32 RGB in [0, 1]."""
+        data = np.fromfile(self._frame_path(index), dtype=np.uint8)
+        pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if pixels is None or pixels.dtype != np.uint16:
+            raise OSError(f"stored frame {self._frame_path(index)} is damaged")
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0
+
+    def record(self, index: int) -> dict[str, Any]:
+        return json.loads(self._frame_path(index, ".json").read_text())
+
+    def remove(self) -> None:
+        """Delete the whole work folder (the job's output is complete)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
