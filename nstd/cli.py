@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nstd.config import Config, load_config
-from nstd.errors import ConfigError, NstdError, UsageError
+from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("nstd")
@@ -192,6 +192,10 @@ def cmd_weights(args: argparse.Namespace) -> int:
         print(f"weights cached at {path}")
         return EXIT_OK
     print(weights.describe_weights(config.model.weights))
+    if config.model.weights is None and not weights.default_weights_path().is_file():
+        # `show` only looks: downloading is `fetch`'s job.
+        raise WeightsError("the default weights are not downloaded yet; run `nstd weights "
+                           "fetch` (or set model.weights to a local VGG-19 state dict)")
     weights.load_vgg19_state_dict(config.model.weights)
     print("verified: a complete VGG-19 state dict")
     return EXIT_OK
