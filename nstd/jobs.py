@@ -447,12 +447,14 @@ class Ledger:
         with self._write() as db:
             db.execute("UPDATE jobs SET output = ? WHERE id = ?", (output, job_id))
 
-    def set_settings(self, job_id: int, settings: Mapping[str, Any]) -> None:
+    def set_settings(self, job_id: int, settings: Mapping[str, Any],
+                     style: str | None = None) -> None:
         """Replace a job's per-job settings (e.g. a smaller style.max_side after running out
-        of memory)."""
+        of memory, or a sidecar fixed before `nstd retry`), and its style when given."""
         payload = json.dumps(dict(settings), sort_keys=True)
         with self._write() as db:
-            db.execute("UPDATE jobs SET settings = ? WHERE id = ?", (payload, job_id))
+            db.execute("UPDATE jobs SET settings = ?, style = COALESCE(?, style) WHERE id = ?",
+                       (payload, style, job_id))
 
     def release(self, job_id: int, now: float) -> bool:
         """Put a running job back to ``queued`` without counting the attempt (the daemon was

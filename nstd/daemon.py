@@ -1,0 +1,669 @@
+"""The daemon's lifecycle: notice files, queue them, run one job at a time, never die of one.
+
+    daemon = Daemon(config, ledger, engines, notifier)   # built once by `nstd run`
+    daemon.run()          # start(), then step() until stop is requested, then stop()
+
+`step(now)` does one unit of work, as huey's consumer does, so tests drive it with a fake
+clock: drain watch events into the `StabilityTracker`, rescan the inbox when due, queue the
+files that settled, then claim and process at most one job. Signal handlers only call
+`request_stop()` (a flag, plus a wake-up for the idle wait); the CLI installs them.
+
+Exactly once, across kill -9 at any point:
+- the output path is chosen and recorded in the ledger before anything is published; a job
+  that finds its recorded output already there (published, then killed before "done") checks
+  it and finishes without computing again; other jobs never pick a recorded name;
+- the source is moved only after the job is marked done, and a source found in the inbox whose
+  job is done (killed between the two) is moved then, never processed again;
+- a video's stored frames live in `daemon.work/<job id>`, so a restarted job resumes;
+- temp files of ours left in the outbox, done/ and failed/ are removed at start.
+
+Failures: `TransientError` (and `OutputError` or an `OSError`: the outbox may be full or
+read-only for a while) is retried with backoff up to `daemon.max_attempts`;
+`OutOfMemoryError` is retried at 3/4 of the size; `Interrupted` after a stop request puts the
+job back without counting the attempt; every other error fails the job at once: its source
+goes to failed/ with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nstd import fsutil, outcome
+from nstd.config import Config
+from nstd.errors import (
+    ConfigError,
+    InputError,
+    Interrupted,
+    NstdError,
+    OutOfMemoryError,
+    OutputError,
+    TransientError,
+    UsageError,
+)
+from nstd.intake import job_config, relative_source, resolve_style, style_label, take
+from nstd.jobs import Job, Ledger, content_key
+from nstd.notify import SystemdNotifier, watchdog_interval
+from nstd.progress import JobProgress, describe, format_duration
+from nstd.watch import InboxEventHandler, StabilityTracker, scan_inbox, start_observer
+
+log = logging.getLogger(__name__)
+
+FOLDER_KEYS = ("inbox", "outbox", "work", "failed", "done", "state", "styles")
+WRITABLE_KEYS = ("inbox", "outbox", "work", "failed", "done", "state")
+
+PROGRESS_LOG_SECONDS = 10.0  # one progress line per job this often
+HEARTBEAT_SECONDS = 1.0  # lease renewal, WATCHDOG=1, STATUS= and event intake while working
+OOM_SHRINK = 0.75  # next attempt's style.max_side after running out of memory
+MIN_WAIT = 0.05
+MAX_WAIT = 300.0
+KNOWN_LIMIT = 100_000
+
+_WAKE = Path("\0wake")  # put on the event queue to end an idle wait (never a real path)
+
+Runner = Callable[..., Any]  # nstd.pipeline.run_job's signature
+
+
+# --------------------------------------------------------------------------- start-up checks
+
+
+def check_folders(config: Config, source: str | None = None) -> None:
+    """Refuse to start on folders that overlap, cannot be written, or a missing default style.
+
+    Missing folders (except styles) are created. Raises `ConfigError` naming the keys.
+    """
+    d = config.daemon
+    paths = {key: Path(getattr(d, key)).resolve() for key in FOLDER_KEYS}
+    problems: list[str] = []
+    keys = list(FOLDER_KEYS)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            pa, pb = paths[a], paths[b]
+            if pa == pb:
+                problems.append(f"daemon.{a} and daemon.{b} are the same folder ({pa}); "
+                                "give each its own folder")
+            elif pa in pb.parents or pb in pa.parents:
+                inner, outer = (a, b) if pb in pa.parents else (b, a)
+                problems.append(f"daemon.{inner} ({paths[inner]}) is inside daemon.{outer} "
+                                f"({paths[outer]}); use folders that do not nest, or files "
+                                "would loop through the daemon")
+    if problems:
+        raise ConfigError(problems, source=source)
+    for key in WRITABLE_KEYS:
+        problem = _writable(paths[key])
+        if problem:
+            problems.append(f"daemon.{key}: {problem}")
+    if not paths["styles"].is_dir():
+        problems.append(f"daemon.styles: {paths['styles']} is not a folder; create it and put "
+                        "style images in it")
+    else:
+        try:
+            resolve_style(paths["styles"], d.default_style)
+        except InputError as exc:
+            problems.append(f"daemon.default_style: {exc}")
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
+def _writable(folder: Path) -> str | None:
+    """None when ``folder`` exists (created if missing) and a file can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    probe = folder / f".nstd-write-test.{os.getpid()}"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        return f"cannot write in {folder}: {exc.strerror or exc}; fix its permissions"
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class _Running:
+    """The job being processed right now."""
+
+    job: Job
+    started: float  # monotonic
+    progress: JobProgress | None = None
+    last_write: float = float("-inf")
+    last_log: float = float("-inf")
+    last_beat: float = float("-inf")
+
+
+class Daemon:
+    """Watches the inbox and processes its files one job at a time. See the module docstring.
+
+    ``clock`` gives ledger time (epoch seconds), ``monotonic`` the stability tracker's and the
+    throttles' time; tests inject both. ``runner`` replaces `nstd.pipeline.run_job` (tests).
+    ``watch=False`` starts no watchdog observer (tests dispatch events to ``handler`` by hand).
+    """
+
+    def __init__(self, config: Config, ledger: Ledger, engines: Any,
+                 notifier: SystemdNotifier | None = None, *,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 runner: Runner | None = None, watch: bool = True) -> None:
+        d = config.daemon
+        self.config = config
+        self.ledger = ledger
+        self.engines = engines
+        self.notifier = notifier or SystemdNotifier(None)
+        self.inbox = Path(d.inbox)
+        self.outbox = Path(d.outbox)
+        self.work = Path(d.work)
+        self.styles = Path(d.styles)
+        self.events: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self.handler = InboxEventHandler(self.inbox, self.events)
+        self.tracker = StabilityTracker(d.settle_seconds)
+        self._clock = clock
+        self._mono = monotonic
+        self._runner = runner
+        self._watch = watch
+        self._observer: Any = None
+        self._stopping = False
+        self._next_rescan = 0.0
+        self._watchdog_every = watchdog_interval()
+        self._last_ping = float("-inf")
+        self._last_status = ""
+        # Files whose job is queued, running or done, by (size, mtime_ns): a rescan does not
+        # hash them again. Dropped when the file leaves the inbox through us.
+        self._known: dict[Path, tuple[int, int]] = {}
+        self._running: _Running | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop at the next safe point. Safe in a signal handler: it sets a
+        flag and wakes the idle wait (SimpleQueue.put is reentrant)."""
+        self._stopping = True
+        self.events.put(_WAKE)
+
+    def start(self, now: float, monotonic: float | None = None) -> None:
+        """Recover interrupted jobs, clean up after a crash, start watching, scan, READY=1.
+
+        The caller holds the `DaemonLock` (so `recover` cannot steal a live daemon's jobs).
+        """
+        mono = now if monotonic is None else monotonic
+        self.ledger.recover(now)
+        for key in ("outbox", "done", "failed"):
+            removed = outcome.clean_temp_files(Path(getattr(self.config.daemon, key)))
+            if removed:
+                log.info("removed %d unfinished temporary file(s) from %s", removed,
+                         getattr(self.config.daemon, key))
+        self._clean_work_dirs()
+        if self._watch:
+            self._observer = start_observer(self.inbox, self.handler, poll=self.config.daemon.poll)
+        for path in scan_inbox(self.inbox):
+            self._notice(path, mono, scan=True)
+        self._next_rescan = mono + self.config.daemon.rescan_seconds
+        counts = self.ledger.counts()
+        log.info("ready: watching %s (%s), %d queued, %d file(s) settling; results in %s",
+                 self.inbox, "polling" if self.config.daemon.poll else "inotify",
+                 counts["queued"], len(self.tracker), self.outbox)
+        self.notifier.ready(self._status_line())
+        self._last_ping = mono
+
+    def run(self) -> None:
+        """The service loop: `start`, `step` until a stop is requested, `stop`.
+
+        Sleeps on the event queue between steps (no busy loop), waking for the next settle
+        time, rescan, retry time or watchdog ping, whichever is first.
+        """
+        self.start(self._clock(), self._mono())
+        try:
+            while not self._stopping:
+                worked = self.step(self._clock(), self._mono())
+                self._ping(self._mono())
+                if not worked and not self._stopping:
+                    self.wait(self.idle_timeout(self._clock(), self._mono()))
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop watching and tell systemd; the ledger and lock belong to the caller."""
+        self._stopping = True
+        self.notifier.stopping("stopping")
+        if self._observer is not None:
+            logging.getLogger("watchdog.observers.inotify").addFilter(_quiet_inotify_stop)
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+        log.info("stopped")
+
+    # ----------------------------------------------------------------- one step
+
+    def step(self, now: float, monotonic: float | None = None) -> bool:
+        """One unit of work. True when a job was processed (call again at once).
+
+        ``now``: epoch seconds (ledger); ``monotonic``: the tracker's clock (default ``now``).
+        """
+        mono = now if monotonic is None else monotonic
+        self._intake(now, mono)
+        if self._stopping:
+            return False
+        job = self.ledger.claim(now, self.config.daemon.lease_seconds)
+        if job is None:
+            self._set_status()
+            return False
+        self._process(job, mono)
+        self._set_status()
+        return True
+
+    def idle_timeout(self, now: float, monotonic: float) -> float:
+        """Seconds the idle loop may sleep before something is due."""
+        waits = [self._next_rescan - monotonic, MAX_WAIT]
+        due = self.tracker.next_due(monotonic)
+        if due is not None:
+            waits.append(due)
+        if self._watchdog_every is not None:
+            waits.append(self._last_ping + self._watchdog_every - monotonic)
+        backing_off = [j.not_before for j in self.ledger.active() if j.state == "queued"]
+        if backing_off:
+            waits.append(min(backing_off) - now)
+        return max(MIN_WAIT, min(waits))
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until an inbox event arrives (it is noticed) or ``timeout`` passes."""
+        try:
+            path = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        if path is not _WAKE:
+            self._notice(path, self._mono())
+
+    # ----------------------------------------------------------------- noticing and queueing
+
+    def _intake(self, now: float, mono: float) -> None:
+        while True:
+            try:
+                path = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if path is not _WAKE:
+                self._notice(path, mono)
+        if mono >= self._next_rescan:
+            self._next_rescan = mono + self.config.daemon.rescan_seconds
+            for path in scan_inbox(self.inbox):
+                self._notice(path, mono, scan=True)
+        for path in self.tracker.due(mono):
+            try:
+                self._enqueue(path, now)
+            except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
+                log.error("could not queue %s: %s: %s", path, type(exc).__name__, exc)
+                log.debug("traceback", exc_info=True)
+
+    def _notice(self, path: Path, mono: float, *, scan: bool = False) -> None:
+        sig = _signature(path)
+        if sig is None or self._known.get(path) == sig:
+            return
+        if path not in self.tracker:  # once per arrival, not per write of a long copy
+            log.info("noticed %s%s", self._rel(path), " (scan)" if scan else "")
+        self.tracker.observe(path, mono)
+
+    def _enqueue(self, path: Path, now: float) -> None:
+        sig = _signature(path)
+        if sig is None or self._known.get(path) == sig:
+            return
+        try:
+            rel = relative_source(self.inbox, path)
+            key = content_key(path)
+        except ValueError:
+            return  # not inside the inbox (a moved-out file's stale event)
+        except FileNotFoundError:
+            return
+        except InputError as exc:
+            log.info("left alone: %s", exc)
+            return
+        except OSError as exc:
+            log.warning("cannot read %s (%s); trying again at the next rescan", path,
+                        exc.strerror or exc)
+            return
+        intake = take(self.inbox, path, self.config)
+        job = self.ledger.enqueue(rel, key, intake.style, intake.settings, now)
+        self._remember(path, sig)
+        if job is None:
+            self._already_known(path, rel, key)
+            return
+        if intake.error is not None:
+            log.info("queued %s (style %s)", rel, intake.style)
+            self._fail(job, intake.error, now, permanent=True, settings=intake.settings)
+            return
+        extra = f", sidecar {intake.sidecar.name}" if intake.sidecar else ""
+        log.info("queued %s (job %d, style %s%s)", rel, job.id, intake.style, extra)
+
+    def _already_known(self, path: Path, rel: str, key: str) -> None:
+        """The same bytes are queued, running or done. Done but still here: we were killed
+        between marking it done and moving the source; finish that now."""
+        job = self.ledger.find(rel, key)
+        if job is None or job.state != "done" or self.config.daemon.originals == "keep":
+            return
+        what = outcome.finish_source(path, job, self.config)
+        log.info("%s was already done (%s); %s", rel, job.output, what)
+        self._forget_path(path)
+
+    def _remember(self, path: Path, sig: tuple[int, int]) -> None:
+        if len(self._known) > KNOWN_LIMIT:
+            self._known.clear()
+        self._known[path] = sig
+
+    def _forget_path(self, path: Path) -> None:
+        self._known.pop(path, None)
+
+    # ----------------------------------------------------------------- processing
+
+    def _process(self, job: Job, mono: float) -> None:
+        path = self.inbox / job.source
+        why_not = _source_state(path, job.content_key)
+        if why_not is not None:
+            self.ledger.forget(job.id)
+            self._forget_path(path)
+            log.info("dropped job %d: %s was %s before it was processed", job.id, job.source,
+                     why_not)
+            return
+        attempt = f"attempt {job.attempts}/{self.config.daemon.max_attempts}"
+        log.info("started %s (job %d, %s, style %s)", job.source, job.id, attempt, job.style)
+        self._running = _Running(job, mono)
+        try:
+            self._attempt(job, path)
+        except Interrupted as exc:
+            if self._stopping:
+                self.ledger.release(job.id, self._clock())
+                log.info("stopped %s: back in the queue (%s)", job.source, exc)
+            else:
+                self._fail(job, str(exc), self._clock(), permanent=False)
+        except OutOfMemoryError as exc:
+            self._shrink(job, exc)
+        except (TransientError, OutputError) as exc:
+            self._fail(job, str(exc), self._clock(), permanent=False)
+        except NstdError as exc:
+            self._fail(job, str(exc), self._clock(), permanent=True)
+        except OSError as exc:  # I/O trouble (a full or read-only disk...): may pass
+            where = f" ({exc.filename})" if exc.filename else ""
+            self._fail(job, f"{exc.strerror or exc}{where}", self._clock(), permanent=False)
+        except Exception as exc:  # noqa: BLE001 - a bug or a library error fails the job only
+            log.debug("traceback of job %d", job.id, exc_info=True)
+            self._fail(job, f"unexpected error: {type(exc).__name__}: {exc}", self._clock(),
+                       permanent=True)
+        finally:
+            self._running = None
+
+    def _attempt(self, job: Job, path: Path) -> None:
+        from nstd.pipeline import JobRequest, media_kind
+
+        config = job_config(self.config, job.settings, self.inbox)
+        style_path = resolve_style(self.styles, job.style)
+        kind = media_kind(path)
+        output = self._output_for(job, kind, style_label(style_path))
+        if output.exists():  # published by an earlier run that was killed before "done"
+            try:
+                outcome.verify_output(output, kind, config.limits, source=path)
+            except OutputError:
+                log.warning("%s is not a complete result of job %d; choosing another name",
+                            output, job.id)
+                output = self._output_for(job, kind, style_label(style_path), fresh=True)
+            else:
+                log.info("%s: its result %s was already published; finishing", job.source,
+                         output)
+                self._complete(job, path, config, output, None)
+                return
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fsutil.os_error_to_nstd(exc, output.parent, "create") from exc
+        work_dir = self.work / str(job.id) if kind == "video" else None
+        request = JobRequest(source=path, output=output, styles=(style_path,), blend=(1.0,),
+                             config=config, work_dir=work_dir)
+        report = self._run(request, config, kind)
+        try:
+            outcome.verify_output(output, kind, config.limits,
+                                  expected_frames=(report.extra or {}).get("frames"),
+                                  source=path)
+        except OutputError:
+            fsutil.remove_quietly(output)
+            raise
+        self._complete(job, path, config, output, report)
+
+    def _run(self, request: Any, config: Config, kind: str) -> Any:
+        runner = self._runner
+        if runner is None:
+            from nstd.pipeline import run_job as runner
+        stylizer = self.engines.stylizer(config)
+        kwargs = {"progress": self._on_progress, "should_stop": lambda: self._stopping,
+                  "heartbeat": self._heartbeat}
+        try:
+            return runner(request, stylizer, **kwargs)
+        except UsageError:
+            # The video's stored frames were made with other settings (config.yaml changed
+            # between runs, or the style image was edited): they cannot be reused. Start the
+            # frames over once; any other usage error repeats and fails the job.
+            manifest = request.work_dir / "manifest.json" if request.work_dir else None
+            if kind != "video" or manifest is None or not manifest.exists():
+                raise
+            log.info("%s: stored frames were made with other settings; starting over",
+                     request.source.name)
+            shutil.rmtree(request.work_dir, ignore_errors=True)
+            return runner(request, stylizer, **kwargs)
+
+    def _output_for(self, job: Job, kind: str, style: str, *, fresh: bool = False) -> Path:
+        """The job's recorded output, or a new free name recorded now (before publishing)."""
+        if job.output and not fresh:
+            return Path(job.output)
+        reserved = {j.output for j in self.ledger.active() if j.output and j.id != job.id}
+        if job.output:
+            reserved.add(job.output)
+        base = outcome.output_base(self.outbox, job.source, style, kind)
+        output = outcome.choose_output(base, reserved)
+        self.ledger.set_output(job.id, str(output))
+        return output
+
+    def _complete(self, job: Job, path: Path, config: Config, output: Path,
+                  report: Any) -> None:
+        self.ledger.complete(job.id, str(output), self._clock())
+        running = self._running
+        seconds = self._mono() - running.started if running is not None else 0.0
+        log.info("done %s -> %s (%s)", job.source, output, _summary(report, seconds))
+        try:
+            what = outcome.finish_source(path, job, config)
+        except OSError as exc:
+            what = f"could not handle the source ({exc.strerror or exc}); will retry"
+        self._forget_path(path)
+        log.info("%s: %s", job.source, what)
+
+    # ----------------------------------------------------------------- failures
+
+    def _shrink(self, job: Job, exc: OutOfMemoryError) -> None:
+        current = self.ledger.get(job.id) or job
+        try:
+            config = job_config(self.config, current.settings, self.inbox)
+        except ConfigError:
+            config = self.config
+        old = config.style.max_side
+        new = max(16, int(old * OOM_SHRINK))
+        if new >= old:
+            self._fail(job, f"{exc} (already at the smallest size)", self._clock(),
+                       permanent=True)
+            return
+        settings = dict(current.settings)
+        settings["style"] = {**dict(settings.get("style") or {}), "max_side": new}
+        self.ledger.set_settings(job.id, settings)
+        # Frames stored at the old size cannot be mixed with new ones.
+        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+        log.warning("%s: out of memory at style.max_side %d; the next attempt uses %d",
+                    job.source, old, new)
+        self._fail(job, str(exc), self._clock(), permanent=False)
+
+    def _fail(self, job: Job, reason: str, now: float, *, permanent: bool,
+              settings: dict[str, Any] | None = None) -> None:
+        d = self.config.daemon
+        current = self.ledger.get(job.id)
+        if current is not None and current.output and not os.path.lexists(current.output):
+            self.ledger.set_output(job.id, None)  # nothing was published under that name
+        updated = self.ledger.fail(job.id, reason, now, permanent=permanent,
+                                   max_attempts=d.max_attempts,
+                                   backoff_seconds=d.retry_backoff_seconds)
+        if updated.state == "queued":
+            log.warning("attempt %d of %s failed: %s; retrying in %s", updated.attempts,
+                        job.source, reason, format_duration(updated.not_before - now))
+            return
+        log.error("failed %s after %d attempt(s): %s", job.source, updated.attempts, reason)
+        path = self.inbox / job.source
+        used = updated.settings if settings is None else settings
+        try:
+            config = job_config(self.config, used, self.inbox)
+        except ConfigError:
+            config = self.config
+        try:
+            moved = outcome.fail_source(path, updated, reason, config, used, now)
+        except OSError as exc:
+            log.error("could not move %s to %s: %s", path, d.failed, exc.strerror or exc)
+            moved = None
+        if moved is not None:
+            log.info("%s: moved to %s", job.source, moved)
+            self._forget_path(path)
+        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+
+    def _clean_work_dirs(self) -> None:
+        """Remove work folders of jobs that are no longer queued or running."""
+        if not self.work.is_dir():
+            return
+        live = {str(j.id) for j in self.ledger.active()}
+        for entry in self.work.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() \
+                    and entry.name not in live:
+                shutil.rmtree(entry, ignore_errors=True)
+                log.info("removed the work folder of finished job %s", entry.name)
+
+    # ----------------------------------------------------------------- while a job runs
+
+    def _heartbeat(self) -> None:
+        """Called by the engine at least once per iteration: throttled to ~1/s."""
+        running = self._running
+        mono = self._mono()
+        if running is None or mono - running.last_beat < HEARTBEAT_SECONDS:
+            return
+        running.last_beat = mono
+        now = self._clock()
+        self.ledger.renew(running.job.id, now, self.config.daemon.lease_seconds)
+        self.notifier.watchdog()
+        self._last_ping = mono
+        # Keep noticing and queueing files while a long job runs (status shows them).
+        try:
+            self._intake(now, mono)
+        except Exception as exc:  # noqa: BLE001 - never let intake break the running job
+            log.error("inbox intake failed: %s: %s", type(exc).__name__, exc)
+        self._set_status()
+
+    def _on_progress(self, progress: JobProgress) -> None:
+        running = self._running
+        if running is None:
+            return
+        running.progress = progress
+        mono = self._mono()
+        final = progress.total > 0 and progress.done >= progress.total
+        if final or mono - running.last_write >= HEARTBEAT_SECONDS:
+            running.last_write = mono
+            self.ledger.progress(running.job.id, progress.done, progress.total, progress.eta)
+            self._set_status()
+        if mono - running.last_log >= PROGRESS_LOG_SECONDS:
+            running.last_log = mono
+            log.info("%s: %s", running.job.source, describe(progress))
+        self._heartbeat()
+
+    # ----------------------------------------------------------------- systemd
+
+    def _ping(self, mono: float) -> None:
+        if self._watchdog_every is not None and mono - self._last_ping >= \
+                self._watchdog_every * 0.9:
+            self.notifier.watchdog()
+            self._last_ping = mono
+
+    def _status_line(self) -> str:
+        counts = self.ledger.counts()
+        queued = f"{counts['queued']} queued"
+        running = self._running
+        if running is None:
+            failed = f", {counts['failed']} failed" if counts["failed"] else ""
+            return f"idle; {queued}{failed}"
+        p = running.progress
+        where = (f"{p.unit} {p.done}/{p.total}, ETA {format_duration(p.eta)}" if p else
+                 "starting")
+        return f"{running.job.source}: {where}; {queued}"
+
+    def _set_status(self) -> None:
+        if not self.notifier.enabled:
+            return
+        line = self._status_line()
+        if line != self._last_status:
+            self._last_status = line
+            self.notifier.status(line)
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return relative_source(self.inbox, path)
+        except ValueError:
+            return str(path)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _quiet_inotify_stop(record: logging.LogRecord) -> bool:
+    """Drop watchdog's harmless "called when the thread is inactive" error: its emitter
+    races with its own stop() (watchdog 7), and an ERROR line at every shutdown would only
+    alarm whoever reads the journal."""
+    return "called when the thread is inactive" not in record.getMessage()
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _source_state(path: Path, key: str) -> str | None:
+    try:
+        return None if content_key(path) == key else "replaced"
+    except FileNotFoundError:
+        return "removed"
+    except (OSError, InputError):
+        return "replaced"
+
+
+def _summary(report: Any, seconds: float) -> str:
+    if report is None:
+        return "already published"
+    extra = getattr(report, "extra", None) or {}
+    parts = [f"{seconds:.1f} s"]
+    if "frames" in extra:
+        parts.append(f"{extra['frames']} frames")
+        if extra.get("frames_resumed"):
+            parts.append(f"{extra['frames_resumed']} resumed")
+    else:
+        parts.append(f"{report.iterations} iterations")
+    parts.append(f"{report.width}x{report.height}")
+    return ", ".join(parts)

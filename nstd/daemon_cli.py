@@ -1,0 +1,271 @@
+"""`nstd run`, `nstd status [--json]`, `nstd retry NAME|--all`: the daemon's sub-commands.
+
+`nstd.cli` registers them (`register`) and maps errors to exit codes: refusing to start
+(overlapping or unwritable folders, missing default style, weights that cannot be resolved, a
+second daemon on the same state folder) is a `ConfigError` / `UsageError`, exit 2, which the
+systemd unit does not restart (`RestartPreventExitStatus=2`).
+
+Heavy modules (torch) are imported inside `cmd_run` only, so `status` and `retry` are quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
+from nstd.jobs import DaemonLock, Job, Ledger, ledger_path
+from nstd.progress import format_duration
+
+log = logging.getLogger("nstd.daemon")
+
+EXIT_OK, EXIT_ABORTED = 0, 1
+RECENT = 10
+
+
+def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
+    """Add `run`, `status` and `retry` to the `nstd` parser."""
+    p = subparsers.add_parser(
+        "run", parents=[common_parent],
+        help="watch the inbox and stylize whatever lands there (foreground; Ctrl-C stops)")
+    p.set_defaults(handler=cmd_run)
+
+    p = subparsers.add_parser("status", parents=[common_parent],
+                              help="queued, running, recent done and failed jobs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_status)
+
+    p = subparsers.add_parser("retry", parents=[common_parent],
+                              help="move failed files back into the inbox and queue them again")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("name", nargs="?", help="file name (or path inside the inbox)")
+    which.add_argument("--all", action="store_true", help="every failed job")
+    p.set_defaults(handler=cmd_retry)
+
+
+def _source(args: argparse.Namespace) -> str | None:
+    return str(args.config) if getattr(args, "config", None) else None
+
+
+# --------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nstd.cli import config_from_args
+    from nstd.daemon import Daemon, check_folders
+
+    config = config_from_args(args)
+    check_folders(config, source=_source(args))
+    lock = DaemonLock(ledger_path(config.daemon.state))
+    try:
+        lock.acquire()
+    except NstdError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        with Ledger.open(ledger_path(config.daemon.state)) as ledger:
+            from nstd.engines import EngineCache
+            from nstd.notify import SystemdNotifier
+
+            try:
+                engines = EngineCache.load(config.model)
+            except WeightsError as exc:
+                raise ConfigError([f"model.weights: {exc}"], source=_source(args)) from None
+            engines.stylizer(config)  # build the default extractor (and CUDA) before READY
+            daemon = Daemon(config, ledger, engines, SystemdNotifier.from_env())
+            previous = _install_signals(daemon)
+            try:
+                daemon.run()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+    finally:
+        lock.release()
+    return EXIT_OK
+
+
+def _install_signals(daemon: Any) -> dict[int, Any]:
+    """First SIGTERM/SIGINT: stop at the next safe point (the current video frame is
+    finished, an image is abandoned; the job goes back to the queue). Second: exit now."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if daemon.stop_requested:
+            log.warning("%s again: exiting at once", name)
+            logging.shutdown()
+            os._exit(EXIT_ABORTED)  # no clean-up: the ledger and stored frames are crash-safe
+        log.warning("%s received: stopping after the current frame (again to exit at once)",
+                    name)
+        daemon.request_stop()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+    return previous
+
+
+# --------------------------------------------------------------------------- status
+
+
+def job_dict(job: Job, now: float) -> dict[str, Any]:
+    """A job as plain JSON data (times in epoch seconds)."""
+    data: dict[str, Any] = {
+        "id": job.id, "source": job.source, "style": job.style, "state": job.state,
+        "attempts": job.attempts, "settings": job.settings, "created": job.created,
+        "started": job.started, "finished": job.finished, "output": job.output,
+        "error": job.error,
+    }
+    if job.state == "running":
+        data["progress"] = {"done": job.progress_done, "total": job.progress_total}
+        data["eta_seconds"] = job.eta_seconds
+        data["lease_alive"] = job.lease_until is not None and job.lease_until >= now
+    if job.state == "queued":
+        data["not_before"] = job.not_before
+    return data
+
+
+def daemon_pid(state: str | os.PathLike[str]) -> int | None:
+    """The pid of the daemon using this state folder, if one is running (from its lock file)."""
+    try:
+        text = Path(f"{ledger_path(state)}.lock").read_text(encoding="ascii").strip()
+        pid = int(text)
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, another user's (the service)
+    return pid
+
+
+def status_data(ledger: Ledger, state: str, now: float, recent: int = RECENT) -> dict[str, Any]:
+    """Everything `nstd status` shows, as JSON-able data."""
+    active = ledger.active()
+    pid = daemon_pid(state)
+    return {
+        "ledger": str(ledger.path),
+        "daemon": {"running": pid is not None, "pid": pid},
+        "counts": ledger.counts(),
+        "running": [job_dict(j, now) for j in active if j.state == "running"],
+        "queued": [job_dict(j, now) for j in active if j.state == "queued"],
+        "recent": [job_dict(j, now) for j in ledger.recent(recent)],
+    }
+
+
+def format_status(data: dict[str, Any], now: float) -> str:
+    """The human-readable `nstd status`."""
+    daemon = data["daemon"]
+    counts = data["counts"]
+    running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
+    lines = [
+        f"daemon: {running}",
+        "jobs: " + ", ".join(f"{counts[s]} {s}" for s in ("queued", "running", "done", "failed")),
+    ]
+    if data["running"]:
+        lines.append("running:")
+        for job in data["running"]:
+            p = job["progress"]
+            where = (f"{p['done']}/{p['total']} ({100 * p['done'] / p['total']:.0f}%), "
+                     f"ETA {format_duration(job['eta_seconds'])}"
+                     if p["done"] is not None and p["total"] else "starting")
+            stale = ("" if job["lease_alive"] and daemon["running"] else
+                     " [interrupted: resumes when the daemon starts]")
+            lines.append(f"  {job['source']} ({job['style']}): {where}, "
+                         f"attempt {job['attempts']}{stale}")
+    if data["queued"]:
+        lines.append("queued:")
+        for job in data["queued"][:20]:
+            wait = job["not_before"] - now
+            retry = f" [retry in {format_duration(wait)}: {job['error']}]" if wait > 0 else ""
+            lines.append(f"  {job['source']} ({job['style']}){retry}")
+        if len(data["queued"]) > 20:
+            lines.append(f"  ... and {len(data['queued']) - 20} more")
+    if data["recent"]:
+        lines.append("recent:")
+        for job in data["recent"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["finished"] or 0))
+            if job["state"] == "done":
+                took = (job["finished"] or 0) - (job["started"] or 0)
+                lines.append(f"  done   {when} {job['source']} -> {job['output']} "
+                             f"({format_duration(took)})")
+            else:
+                lines.append(f"  failed {when} {job['source']}: {job['error']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nstd.cli import config_from_args
+
+    config = config_from_args(args)
+    now = time.time()
+    with Ledger.open(ledger_path(config.daemon.state), readonly=True) as ledger:
+        data = status_data(ledger, config.daemon.state, now)
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        print(format_status(data, now))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from nstd.cli import config_from_args
+    from nstd.intake import SIDECAR_SUFFIXES, decide
+    from nstd.outcome import ERROR_SUFFIX, find_failed_file, move_file
+
+    config = config_from_args(args)
+    d = config.daemon
+    path = ledger_path(d.state)
+    if not path.is_file():
+        raise NstdError(f"there is no job ledger at {path}; start `nstd run` first")
+    inbox, failed = Path(d.inbox), Path(d.failed)
+    with Ledger.open(path) as ledger:
+        jobs = [j for j in ledger.recent(1_000_000) if j.state == "failed"
+                and (args.all or args.name in (j.source, j.name))]
+        if not jobs:
+            what = "failed jobs" if args.all else f"failed job named {args.name!r}"
+            raise UsageError(f"there are no {what}; see `nstd status`")
+        requeued = 0
+        for job in jobs:
+            found = find_failed_file(job, failed)
+            if found is None:
+                print(f"{job.source}: its file is no longer in {failed}; skipped")
+                continue
+            target = inbox.joinpath(*PurePosixPath(job.source).parts)
+            if os.path.lexists(target):
+                print(f"{job.source}: another file of that name is in the inbox; skipped")
+                continue
+            # Read the sidecar again: it may have been fixed in failed/ since.
+            intake = decide(job.source, found, config)
+            if intake.error is not None:
+                print(f"{job.source}: still not usable ({intake.error}); fix it in {failed} "
+                      "and retry; skipped")
+                continue
+            ledger.set_settings(job.id, intake.settings, style=intake.style)
+            # The file goes back first: if the daemon notices it before the ledger changes,
+            # it queues it as a new job and `Ledger.retry` then leaves the old row alone.
+            for suffix in SIDECAR_SUFFIXES:
+                sidecar = found.with_name(found.name + suffix)
+                if sidecar.is_file():
+                    move_file(sidecar, target.parent, target.name + suffix)
+            move_file(found, target.parent, target.name)
+            report = found.with_name(found.name + ERROR_SUFFIX)
+            try:
+                report.unlink()
+            except FileNotFoundError:
+                pass
+            requeued += ledger.retry(job.source)
+            print(f"{job.source}: back in the inbox")
+    print(f"requeued {requeued} job(s)")
+    return EXIT_OK
+

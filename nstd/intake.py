@@ -1,0 +1,256 @@
+"""From a settled inbox file to what its job needs: the style and the per-job settings.
+
+    inbox/photo.jpg              -> daemon.default_style
+    inbox/<name>/clip.mp4        -> styles/<name>.<ext>   (the first sub-folder names the style)
+    inbox/.../clip.mp4.yaml      -> optional sidecar: `style_name: NAME` picks the style, and
+                                    the same sections and keys as config.yaml override settings
+
+Everything here treats the inbox as hostile:
+- a style name is a plain file stem: no path separators, no `..`, nothing hidden, and the file
+  it names must lie inside `daemon.styles` after resolving symlinks;
+- a sidecar is read without following symlinks or blocking (a FIFO), at most `SIDECAR_MAX_BYTES`,
+  with `yaml.safe_load`, and refused when its YAML aliases expand beyond `SIDECAR_MAX_NODES`;
+- a sidecar may not change where the daemon reads or writes, nor raise the decoder limits:
+  the `daemon` and `limits` sections, `model.weights`, `model.device` and `style.init_image`
+  are refused (they would let anyone who can write to the inbox read files elsewhere or get
+  past the size checks).
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from nstd.config import Config, merge_overrides
+from nstd.errors import ConfigError, InputError
+from nstd.images import IMAGE_EXTENSIONS
+
+SIDECAR_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
+SIDECAR_MAX_BYTES = 64 * 1024
+SIDECAR_MAX_NODES = 10_000
+STYLE_KEY = "style_name"
+
+# Sidecar keys a job may not set (section, or (section, key)); see the module docstring.
+_FORBIDDEN_SECTIONS = ("daemon", "limits")
+_FORBIDDEN_KEYS = (("model", "weights"), ("model", "device"), ("style", "init_image"))
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What the ledger stores for one inbox file.
+
+    ``error`` is set when the job must fail at once (unknown style, invalid sidecar); ``style``
+    is then the best guess, for the record.
+    """
+
+    source: str  # POSIX path relative to the inbox
+    style: str
+    settings: dict[str, Any] = field(default_factory=dict)  # the sidecar's overrides
+    sidecar: Path | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def relative_source(inbox: Path, path: Path) -> str:
+    """``inbox/a/b.png`` -> ``"a/b.png"`` (POSIX). ValueError when outside the inbox."""
+    return PurePosixPath(*path.relative_to(inbox).parts).as_posix()
+
+
+def folder_style(source: str) -> str | None:
+    """The style named by the first sub-folder of a relative source path; None at the root."""
+    parts = PurePosixPath(source).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def sidecar_for(path: Path) -> Path | None:
+    """The sidecar beside ``path`` (``<file>.yaml`` or ``<file>.yml``) if one exists."""
+    for suffix in SIDECAR_SUFFIXES:
+        candidate = path.with_name(path.name + suffix)
+        if os.path.lexists(candidate):
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------- styles
+
+
+def check_style_name(name: str) -> None:
+    """Refuse names that could leave the styles folder. Raises InputError."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
+            or "/" in name or "\\" in name or "\0" in name):
+        raise InputError(f"style name {name!r} is not allowed; use the plain name of a file in "
+                         "the styles folder, e.g. mosaic")
+
+
+def resolve_style(styles: Path, name: str) -> Path:
+    """The style image ``styles/<name>.<ext>`` (or ``styles/<name>`` if it has an image
+    extension), checked to resolve inside ``styles``. Raises InputError."""
+    check_style_name(name)
+    root = styles.resolve()
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as exc:
+        raise InputError(f"cannot read the styles folder {styles}: {exc.strerror}") from None
+    if Path(name).suffix.lower() in IMAGE_EXTENSIONS and name in entries:
+        matches = [name]
+    else:
+        matches = [e for e in entries
+                   if Path(e).stem == name and Path(e).suffix.lower() in IMAGE_EXTENSIONS]
+    if not matches:
+        known = sorted({Path(e).stem for e in entries
+                        if Path(e).suffix.lower() in IMAGE_EXTENSIONS and not e.startswith(".")})
+        raise InputError(f"no style image named {name!r} in {styles} "
+                         f"(available: {', '.join(known) or 'none'})")
+    if len(matches) > 1:
+        raise InputError(f"style {name!r} is ambiguous in {styles} ({', '.join(matches)}); "
+                         "keep one of them")
+    path = root / matches[0]
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise InputError(f"style image {path} points outside {styles}; copy the image into "
+                         "the styles folder instead of linking it")
+    if not real.is_file():
+        raise InputError(f"style image {path} is not a regular file")
+    return path
+
+
+def style_label(style_path: Path) -> str:
+    """The style's name as used in output file names: the image's stem."""
+    return style_path.stem
+
+
+# --------------------------------------------------------------------------- sidecars
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Read a sidecar safely (see the module docstring). Raises InputError (cannot be read)
+    or ConfigError (not a mapping, too complex)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"sidecar {path.name} is a symbolic link; put the file itself "
+                             "beside its input") from None
+        raise InputError(f"cannot read sidecar {path.name}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise InputError(f"sidecar {path.name} is not a regular file")
+        data = handle.read(SIDECAR_MAX_BYTES + 1)
+    if len(data) > SIDECAR_MAX_BYTES:
+        raise ConfigError(f"sidecar {path.name} is larger than {SIDECAR_MAX_BYTES // 1024} KiB")
+    try:
+        loaded = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"sidecar {path.name} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"sidecar {path.name} is not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"sidecar {path.name}: the top level must be a mapping of sections")
+    _check_size(loaded, path)
+    return loaded
+
+
+def _check_size(value: Any, path: Path) -> None:
+    """Refuse alias bombs: count nodes as if aliases were expanded, stopping at the limit."""
+    budget = SIDECAR_MAX_NODES
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(f"sidecar {path.name} is too complex (more than "
+                              f"{SIDECAR_MAX_NODES} values once aliases are expanded)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def split_sidecar(data: Mapping[str, Any], name: str) -> tuple[str | None, dict[str, Any]]:
+    """``(style_name or None, overrides)``; checks the keys a job may not set (ConfigError)."""
+    overrides = {k: v for k, v in data.items() if k != STYLE_KEY}
+    style = data.get(STYLE_KEY)
+    problems = []
+    if STYLE_KEY in data and (not isinstance(style, str) or not style):
+        problems.append(f"{STYLE_KEY}: must be the name of a style image, got {style!r}")
+    for section in _FORBIDDEN_SECTIONS:
+        if section in overrides:
+            problems.append(f"{section}: cannot be set per job (only in config.yaml)")
+    for section, key in _FORBIDDEN_KEYS:
+        values = overrides.get(section)
+        if isinstance(values, Mapping) and key in values:
+            problems.append(f"{section}.{key}: cannot be set per job (only in config.yaml)")
+    if problems:
+        raise ConfigError(problems, source=f"sidecar {name}")
+    return (style if isinstance(style, str) else None), overrides
+
+
+def job_config(config: Config, settings: Mapping[str, Any], base_dir: Path) -> Config:
+    """The daemon's config with one job's overrides, validated like config.yaml.
+
+    Raises ConfigError naming each bad key.
+    """
+    if not settings:
+        return config
+    return merge_overrides(config, copy.deepcopy(dict(settings)), base_dir)
+
+
+# --------------------------------------------------------------------------- the whole step
+
+
+def take(inbox: Path, path: Path, config: Config) -> Intake:
+    """Decide the style and settings of the settled file ``path`` (inside ``inbox``).
+
+    Never raises for a problem with the file's sidecar or style: the returned `Intake`
+    carries the reason in ``error`` and the job fails with it.
+    """
+    return decide(relative_source(inbox, path), path, config)
+
+
+def decide(source: str, path: Path, config: Config) -> Intake:
+    """`take` for a file that lies at ``path`` now but is the inbox's ``source`` (e.g. a
+    failed file about to be retried: its sidecar is read where it lies)."""
+    inbox = Path(config.daemon.inbox)
+    style = folder_style(source) or config.daemon.default_style
+    sidecar = sidecar_for(path)
+    settings: dict[str, Any] = {}
+    try:
+        if sidecar is not None:
+            named, settings = split_sidecar(read_sidecar(sidecar), sidecar.name)
+            style = named or style
+            job_config(config, settings, inbox)  # validate now; the ledger stores the overrides
+        resolve_style(Path(config.daemon.styles), style)
+        size = os.lstat(path).st_size
+        if size > config.limits.max_file_bytes:
+            raise InputError(f"{path.name} is {size} bytes, more than limits.max_file_bytes "
+                             f"({config.limits.max_file_bytes})")
+    except ConfigError as exc:
+        where = exc.source or (f"sidecar {sidecar.name}" if sidecar else "settings")
+        reason = f"{where}: " + "; ".join(exc.problems)
+        return Intake(source, _printable(style), {}, sidecar, reason)
+    except InputError as exc:
+        return Intake(source, _printable(style), {}, sidecar, str(exc))
+    except OSError as exc:  # the file vanished or became unreadable meanwhile
+        return Intake(source, _printable(style), {}, sidecar,
+                      f"cannot read {path.name}: {exc.strerror or exc}")
+    return Intake(source, style, settings, sidecar)
+
+
+def _printable(value: Any) -> str:
+    return value if isinstance(value, str) and value else repr(value)

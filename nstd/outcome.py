@@ -1,0 +1,273 @@
+"""What happens to a job's files once it ends: the output's name, its check, the source's fate.
+
+    output:  outbox/<same sub-folder>/<stem>.<style>.<ext>   (videos .mp4), never overwritten:
+             <stem>.<style>-1.<ext>, -2, ... and never a name another live job has recorded
+    done:    verify the output (an image decodes; a video has the expected frame count), then
+             daemon.originals: move the source (and its sidecar) to done/<sub-folder>/, keep it,
+             or delete it
+    failed:  the source (and its sidecar) to failed/<sub-folder>/, with <name>.error.txt
+             (reason, attempts, time, the settings used)
+
+A source is only ever moved or deleted when its content key still matches the job's: a file
+replaced while its job ran is a new job and is left where it is. Moves never overwrite (a
+numbered name is taken instead) and work across filesystems (copy, fsync, rename, unlink).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from nstd import fsutil
+from nstd.config import Config, LimitsConfig
+from nstd.errors import InputError, OutputError
+from nstd.intake import sidecar_for
+from nstd.jobs import Job, content_key
+
+log = logging.getLogger(__name__)
+
+ERROR_SUFFIX = ".error.txt"
+
+
+# --------------------------------------------------------------------------- output names
+
+
+def output_base(outbox: Path, source: str, style: str, kind: str) -> Path:
+    """``outbox/<sub-folder>/<stem>.<style>.<ext>``; ``kind`` 'video' always gives ``.mp4``."""
+    rel = PurePosixPath(source)
+    name = Path(rel.name)
+    suffix = ".mp4" if kind == "video" else name.suffix
+    return outbox.joinpath(*rel.parent.parts) / f"{name.stem}.{style}{suffix}"
+
+
+def choose_output(base: Path, reserved: Collection[str] = (), *, limit: int = 10_000) -> Path:
+    """``base``, or ``<stem>-1<ext>``, ``-2``... : the first name that neither exists nor is in
+    ``reserved`` (outputs recorded by other live jobs, not yet published)."""
+    for n in range(limit + 1):
+        candidate = base if n == 0 else base.with_name(f"{base.stem}-{n}{base.suffix}")
+        if not os.path.lexists(candidate) and str(candidate) not in reserved:
+            return candidate
+    raise OutputError(f"no free name like {base} (tried {limit} numbered variants)")
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify_output(path: Path, kind: str, limits: LimitsConfig,
+                  expected_frames: int | None = None, source: Path | None = None) -> None:
+    """Check a published output before its source is touched. Raises OutputError.
+
+    image: it decodes completely. video: it has ``expected_frames`` frames; when that is not
+    known (a restart after the work folder was removed) the source's packets are counted.
+    """
+    if not path.is_file():
+        raise OutputError(f"the output {path} is missing")
+    if kind == "image":
+        from nstd.images import read_image
+
+        try:
+            read_image(path, limits.max_pixels)
+        except InputError as exc:
+            raise OutputError(f"the output {path.name} does not decode ({exc})") from None
+        return
+    from nstd import video
+
+    if expected_frames is None:
+        if source is None:
+            raise ValueError("verify_output: a video needs expected_frames or its source")
+        try:
+            expected_frames = video.count_frames(source)
+        except InputError as exc:
+            raise OutputError(f"cannot check {path.name} against its source ({exc})") from None
+    if not video.verify_video(path, expected_frames):  # raises OutputError saying why
+        raise OutputError(f"the output {path.name} does not have the expected "
+                          f"{expected_frames} frames")
+
+
+# --------------------------------------------------------------------------- moving files
+
+
+def move_file(src: Path, folder: Path, name: str | None = None) -> Path:
+    """Move ``src`` into ``folder`` (created) under ``name`` or a numbered variant; never
+    overwrites. Works across filesystems. Returns the new path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = fsutil.unique_path(folder / (name or src.name))
+    try:
+        os.rename(src, target)
+        return target
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    # Another filesystem: copy under a temp name beside the target, publish, then unlink.
+    tmp = fsutil.temp_path_for(target)
+    try:
+        shutil.copy2(src, tmp, follow_symlinks=False)  # keeps mtime: the content key holds
+        target = fsutil.publish(tmp, fsutil.unique_path(target))
+    finally:
+        fsutil.remove_quietly(tmp)
+    os.unlink(src)
+    return target
+
+
+def _source_matches(path: Path, key: str) -> str | None:
+    """None when ``path`` still holds the job's bytes, else why not ('gone' / 'replaced')."""
+    try:
+        return None if content_key(path) == key else "replaced"
+    except FileNotFoundError:
+        return "gone"
+    except (OSError, InputError):
+        return "replaced"
+
+
+def finish_source(path: Path, job: Job, config: Config) -> str:
+    """Apply ``daemon.originals`` to a done job's source; returns what happened (for the log).
+
+    Moves to ``done/<sub-folder>/`` (with the sidecar), keeps, or deletes. A source that is
+    gone or was replaced is left alone.
+    """
+    why_not = _source_matches(path, job.content_key)
+    if why_not is not None:
+        return f"source {why_not}, left alone"
+    sidecar = sidecar_for(path)
+    mode = config.daemon.originals
+    if mode == "keep":
+        return "source kept"
+    if mode == "delete":
+        for item in (path, sidecar):
+            if item is not None:
+                fsutil.remove_quietly(item)
+        return "source deleted"
+    folder = Path(config.daemon.done).joinpath(*PurePosixPath(job.source).parent.parts)
+    moved = move_file(path, folder)
+    if sidecar is not None:
+        _move_sidecar(sidecar, folder, moved)
+    return f"source moved to {moved}"
+
+
+def _move_sidecar(sidecar: Path, folder: Path, moved_source: Path) -> None:
+    """The sidecar follows its input, named after the input's (possibly numbered) new name."""
+    try:
+        move_file(sidecar, folder, moved_source.name + sidecar.suffix)
+    except OSError as exc:
+        log.warning("could not move the sidecar %s: %s", sidecar, exc.strerror or exc)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def fail_source(path: Path, job: Job, reason: str, config: Config,
+                settings: Mapping[str, Any], now: float) -> Path | None:
+    """Move a failed job's source and sidecar to ``failed/<sub-folder>/`` and write
+    ``<name>.error.txt`` beside it. Returns the moved source, or None when the source is gone
+    or was replaced (then nothing is moved or written)."""
+    why_not = _source_matches(path, job.content_key)
+    if why_not is not None:
+        log.info("%s: source %s; nothing moved to failed/", job.source, why_not)
+        return None
+    folder = Path(config.daemon.failed).joinpath(*PurePosixPath(job.source).parent.parts)
+    sidecar = sidecar_for(path)
+    moved = move_file(path, folder)
+    if sidecar is not None:
+        _move_sidecar(sidecar, folder, moved)
+    text = error_text(job, reason, config, settings, now)
+    report = moved.with_name(moved.name + ERROR_SUFFIX)
+    try:
+        tmp = fsutil.temp_path_for(report)
+        tmp.write_text(text, encoding="utf-8")
+        fsutil.publish(tmp, report, overwrite=True)
+    except (OSError, OutputError) as exc:
+        fsutil.remove_quietly(tmp)
+        log.warning("could not write %s: %s", report, exc)
+    return moved
+
+
+def error_text(job: Job, reason: str, config: Config, settings: Mapping[str, Any],
+               now: float) -> str:
+    """The human-readable ``<name>.error.txt``: reason, attempts, time, settings used."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now))
+    used = {
+        "style_name": job.style,
+        "overrides": dict(settings),
+        "style": _plain(config.style),
+        "video": _plain(config.video),
+        "model": {"pooling": config.model.pooling, "precision": config.model.precision},
+    }
+    return (
+        f"nstd could not process {job.source}\n"
+        f"reason: {reason}\n"
+        f"attempts: {job.attempts}\n"
+        f"failed at: {when}\n"
+        f"job id: {job.id}\n"
+        f"to try again: move it back into the inbox, or run `nstd retry {job.name}`\n"
+        "settings used:\n"
+        + _indent(yaml.safe_dump(used, sort_keys=False, default_flow_style=False))
+    )
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(section).items()}
+
+
+def _indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def find_failed_file(job: Job, failed: Path) -> Path | None:
+    """Where a failed job's source lies in ``failed/`` (its name may have been numbered):
+    the candidate whose content key is the job's, or None."""
+    rel = PurePosixPath(job.source)
+    folder = failed.joinpath(*rel.parent.parts)
+    name = Path(rel.name)
+    candidates = [folder / rel.name]
+    try:
+        candidates += sorted(p for p in folder.iterdir()
+                             if p.name.startswith(f"{name.stem}-") and p.suffix == name.suffix)
+    except OSError:
+        pass
+    for candidate in candidates:
+        if _source_matches(candidate, job.content_key) is None:
+            return candidate
+    return None
+
+
+def clean_temp_files(folder: Path) -> int:
+    """Remove our temp files (`fsutil.is_temp_path`) under ``folder`` left by a crash; returns
+    how many. A temp file whose writer (the pid in its name) is another live process is left
+    alone."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        for name in files:
+            path = Path(root) / name
+            if fsutil.is_temp_path(path) and not _writer_alive(name):
+                fsutil.remove_quietly(path)
+                removed += 1
+    return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    try:
+        pid = int(temp_name.rsplit(".", 3)[-3])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
