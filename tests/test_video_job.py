@@ -208,9 +208,9 @@ def test_truncated_video_fails_with_how_much_was_decodable_and_writes_nothing(
     out = tmp_path / "out.mp4"
     from nstd.errors import InputError
 
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="frames"):
         run(broken, out, style_image, tiny_config(vgg_weights_path))
-    assert not out.exists()
+    assert not out.exists() and not default_work_dir(out).exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
