@@ -13,15 +13,27 @@ Exactly once, across kill -9 at any point:
   that finds its recorded output already there (published, then killed before "done") checks
   it and finishes without computing again; other jobs never pick a recorded name;
 - the source is moved only after the job is marked done, and a source found in the inbox whose
-  job is done (killed between the two) is moved then, never processed again;
+  job is done (killed between the two) is moved then, never processed again; likewise a
+  source whose job is marked failed and that has not been touched since (its ctime is older
+  than the failure: `nstd retry` and a manual move back both rename it, which sets the ctime)
+  is moved to failed/ then, not processed again;
 - a video's stored frames live in `daemon.work/<job id>`, so a restarted job resumes;
 - temp files of ours left in the outbox, done/ and failed/ are removed at start.
 
 Failures: `TransientError` (and `OutputError` or an `OSError`: the outbox may be full or
 read-only for a while) is retried with backoff up to `daemon.max_attempts`;
-`OutOfMemoryError` is retried at 3/4 of the size; `Interrupted` after a stop request puts the
-job back without counting the attempt; every other error fails the job at once: its source
-goes to failed/ with the reason.
+`OutOfMemoryError` (or a raw ``torch.cuda.OutOfMemoryError``) is retried at 3/4 of the size;
+`Interrupted` after a stop request puts the job back without counting the attempt; every
+other error fails the job at once: its source goes to failed/ with the reason. When the
+ledger itself cannot be written (``sqlite3.Error``: the disk is full), nothing is decided
+about the job: the loop pauses (1 s, doubling to a minute), then puts the job back and goes on.
+
+Left alone (logged once, never moved): symlinks, FIFOs and devices, names that are not media,
+folders nested deeper than `nstd.watch.MAX_DEPTH`, files still changing, and zero-byte files
+(usually a copy that has not started writing; taken once they have content).
+
+The inbox folder itself may vanish (deleted, or a mount that went away): the daemon waits for
+it without re-creating it, then re-arms the watch and rescans.
 """
 
 from __future__ import annotations
@@ -30,6 +42,9 @@ import logging
 import os
 import queue
 import shutil
+import sqlite3
+import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,11 +63,19 @@ from nstd.errors import (
     TransientError,
     UsageError,
 )
+from nstd.faults import failpoint
 from nstd.intake import job_config, relative_source, resolve_style, style_label, take
 from nstd.jobs import Job, Ledger, content_key
 from nstd.notify import SystemdNotifier, watchdog_interval
 from nstd.progress import JobProgress, describe, format_duration
-from nstd.watch import InboxEventHandler, StabilityTracker, scan_inbox, start_observer
+from nstd.watch import (
+    InboxEventHandler,
+    StabilityTracker,
+    log_once,
+    regular_signature,
+    scan_inbox,
+    start_observer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +88,13 @@ OOM_SHRINK = 0.75  # next attempt's style.max_side after running out of memory
 MIN_WAIT = 0.05
 MAX_WAIT = 300.0
 KNOWN_LIMIT = 100_000
+# The inbox folder is checked (still the same folder? watch alive?) at most this often while
+# present (at each step: the idle loop wakes at least every rescan), and polled this often
+# while it is missing. Its deletion is an event that wakes the loop at once.
+INBOX_CHECK_SECONDS = 10.0
+INBOX_MISSING_POLL_SECONDS = 1.0
+# When the ledger cannot be written (disk full...), the loop pauses, doubling up to this.
+MAX_PAUSE_SECONDS = 60.0
 
 _WAKE = Path("\0wake")  # put on the event queue to end an idle wait (never a real path)
 
@@ -188,6 +218,12 @@ class Daemon:
         # hash them again. Dropped when the file leaves the inbox through us.
         self._known: dict[Path, tuple[int, int]] = {}
         self._running: _Running | None = None
+        self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) being watched
+        self._next_inbox_check = 0.0
+        self._paused_until = float("-inf")  # the ledger could not be written: wait
+        self._pause = 0.0
+        self._stranded: int | None = None  # job left 'running' by a ledger error
+        self._ledger_warned = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -208,14 +244,21 @@ class Daemon:
         """
         mono = now if monotonic is None else monotonic
         self.ledger.recover(now)
+        if not any(self.ledger.counts().values()):
+            rebuilt = outcome.rebuild_ledger(self.ledger, self.config, now)
+            if any(rebuilt):
+                log.warning("the job ledger was empty: rebuilt %d done and %d failed job(s) "
+                            "from %s and %s", rebuilt[0], rebuilt[1], self.config.daemon.done,
+                            self.config.daemon.failed)
         for key in ("outbox", "done", "failed"):
             removed = outcome.clean_temp_files(Path(getattr(self.config.daemon, key)))
             if removed:
                 log.info("removed %d unfinished temporary file(s) from %s", removed,
                          getattr(self.config.daemon, key))
         self._clean_work_dirs()
-        if self._watch:
-            self._observer = start_observer(self.inbox, self.handler, poll=self.config.daemon.poll)
+        self._inbox_id = _folder_identity(self.inbox)
+        self._start_observer()
+        self._next_inbox_check = mono + INBOX_CHECK_SECONDS
         for path in scan_inbox(self.inbox):
             self._notice(path, mono, scan=True)
         self._next_rescan = mono + self.config.daemon.rescan_seconds
@@ -235,7 +278,14 @@ class Daemon:
         self.start(self._clock(), self._mono())
         try:
             while not self._stopping:
-                worked = self.step(self._clock(), self._mono())
+                try:
+                    worked = self.step(self._clock(), self._mono())
+                except Exception as exc:  # noqa: BLE001 - a bug must not end the service
+                    log.error("unexpected error in the daemon loop: %s: %s",
+                              type(exc).__name__, exc)
+                    log.debug("traceback", exc_info=True)
+                    self._pause_for(self._mono())
+                    worked = False
                 self._ping(self._mono())
                 if not worked and not self._stopping:
                     self.wait(self.idle_timeout(self._clock(), self._mono()))
@@ -246,12 +296,20 @@ class Daemon:
         """Stop watching and tell systemd; the ledger and lock belong to the caller."""
         self._stopping = True
         self.notifier.stopping("stopping")
+        self._stop_observer()
+        log.info("stopped")
+
+    def _start_observer(self) -> None:
+        if self._watch and self._inbox_id is not None:
+            self._observer = start_observer(self.inbox, self.handler,
+                                            poll=self.config.daemon.poll)
+
+    def _stop_observer(self) -> None:
         if self._observer is not None:
             logging.getLogger("watchdog.observers.inotify").addFilter(_quiet_inotify_stop)
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
-        log.info("stopped")
 
     # ----------------------------------------------------------------- one step
 
@@ -262,25 +320,53 @@ class Daemon:
         """
         mono = now if monotonic is None else monotonic
         self._intake(now, mono)
-        if self._stopping:
+        if self._stopping or mono < self._paused_until:
             return False
-        job = self.ledger.claim(now, self.config.daemon.lease_seconds)
-        if job is None:
-            self._set_status()
+        job = None
+        try:
+            if self._stranded is not None:
+                self.ledger.release(self._stranded, now)
+                log.info("the job ledger can be written again; job %d is back in the queue",
+                         self._stranded)
+                self._stranded = None
+            job = self.ledger.claim(now, self.config.daemon.lease_seconds)
+            if job is None:
+                self._set_status()
+                return False
+            failpoint("daemon.claimed")
+            self._process(job, mono)
+        except sqlite3.Error as exc:
+            # The ledger cannot be written (disk full, I/O error): nothing about the job can
+            # be recorded, so nothing is decided. Pause, then put the job back and go on.
+            if job is not None and self._stranded is None:
+                self._stranded = job.id
+            log.error("cannot write the job ledger %s (%s); pausing %s", self.ledger.path,
+                      exc, format_duration(self._pause_for(mono)))
             return False
-        self._process(job, mono)
+        self._pause = 0.0
         self._set_status()
         return True
+
+    def _pause_for(self, mono: float) -> float:
+        """Pause the loop (1 s, doubling up to MAX_PAUSE_SECONDS); returns the pause."""
+        self._pause = min(MAX_PAUSE_SECONDS, max(1.0, 2 * self._pause))
+        self._paused_until = mono + self._pause
+        return self._pause
 
     def idle_timeout(self, now: float, monotonic: float) -> float:
         """Seconds the idle loop may sleep before something is due."""
         waits = [self._next_rescan - monotonic, MAX_WAIT]
+        if self._inbox_id is None:  # poll for a missing inbox; its deletion is an event
+            waits.append(self._next_inbox_check - monotonic)
+        if self._paused_until > monotonic:
+            waits.append(self._paused_until - monotonic)
         due = self.tracker.next_due(monotonic)
         if due is not None:
             waits.append(due)
         if self._watchdog_every is not None:
             waits.append(self._last_ping + self._watchdog_every - monotonic)
-        backing_off = [j.not_before for j in self.ledger.active() if j.state == "queued"]
+        backing_off = [j.not_before for j in self.ledger.active()
+                       if j.state == "queued" and j.not_before > now]
         if backing_off:
             waits.append(min(backing_off) - now)
         return max(MIN_WAIT, min(waits))
@@ -292,7 +378,7 @@ class Daemon:
         except queue.Empty:
             return
         if path is not _WAKE:
-            self._notice(path, self._mono())
+            self._event(path, self._mono())
 
     # ----------------------------------------------------------------- noticing and queueing
 
@@ -303,20 +389,68 @@ class Daemon:
             except queue.Empty:
                 break
             if path is not _WAKE:
-                self._notice(path, mono)
+                self._event(path, mono)
+        self._check_inbox(mono)
         if mono >= self._next_rescan:
             self._next_rescan = mono + self.config.daemon.rescan_seconds
             for path in scan_inbox(self.inbox):
                 self._notice(path, mono, scan=True)
         for path in self.tracker.due(mono):
+            failpoint("intake.settled")
             try:
                 self._enqueue(path, now)
             except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
                 log.error("could not queue %s: %s: %s", path, type(exc).__name__, exc)
                 log.debug("traceback", exc_info=True)
 
+    def _event(self, path: Path, mono: float) -> None:
+        if path == self.inbox:  # the inbox folder itself was deleted or moved away
+            self._check_inbox(mono, force=True)
+        else:
+            self._notice(path, mono)
+
+    def _check_inbox(self, mono: float, *, force: bool = False) -> None:
+        """Re-arm the watch when the inbox folder was removed and came back, was replaced,
+        or its watch died. A missing inbox is waited for, never re-created: it may be a
+        mount that is not up yet, and files written into the bare mount point would hide
+        under the mount later."""
+        if not force and mono < self._next_inbox_check:
+            return
+        ident = _folder_identity(self.inbox)
+        self._next_inbox_check = mono + (INBOX_CHECK_SECONDS if ident is not None
+                                         else INBOX_MISSING_POLL_SECONDS)
+        if ident is not None and ident == self._inbox_id and self._observer_alive():
+            return
+        if ident is None:
+            if self._inbox_id is not None:
+                log.warning("the inbox %s is gone; waiting for it to come back (checked every "
+                            "%.0f s)", self.inbox, INBOX_MISSING_POLL_SECONDS)
+                self._inbox_id = None
+                self._stop_observer()
+            return
+        if self._inbox_id is None:
+            log.warning("the inbox %s is back; watching it again", self.inbox)
+        elif ident != self._inbox_id:
+            log.warning("the inbox %s was replaced by another folder; watching that one",
+                        self.inbox)
+        else:
+            log.warning("the watch on the inbox %s stopped; starting it again", self.inbox)
+        self._stop_observer()
+        self._inbox_id = ident
+        self._start_observer()
+        for path in scan_inbox(self.inbox):
+            self._notice(path, mono, scan=True)
+
+    def _observer_alive(self) -> bool:
+        observer = self._observer
+        if not self._watch:
+            return True
+        if observer is None or not observer.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in observer.emitters)
+
     def _notice(self, path: Path, mono: float, *, scan: bool = False) -> None:
-        sig = _signature(path)
+        sig = regular_signature(path)
         if sig is None or self._known.get(path) == sig:
             return
         if path not in self.tracker:  # once per arrival, not per write of a long copy
@@ -324,8 +458,16 @@ class Daemon:
         self.tracker.observe(path, mono)
 
     def _enqueue(self, path: Path, now: float) -> None:
-        sig = _signature(path)
+        sig = regular_signature(path)
         if sig is None or self._known.get(path) == sig:
+            return
+        if sig[0] == 0:
+            # Most likely a copy that has not started writing: failing it would move the file
+            # while its writer still holds it open. Taken once it has content.
+            log_once(("empty", path, sig), logging.INFO,
+                     "left alone: %s is empty (0 bytes); it is taken once it has content",
+                     self._rel(path))
+            self._remember(path, sig)
             return
         try:
             rel = relative_source(self.inbox, path)
@@ -340,6 +482,12 @@ class Daemon:
         except OSError as exc:
             log.warning("cannot read %s (%s); trying again at the next rescan", path,
                         exc.strerror or exc)
+            return
+        prior = self.ledger.find(rel, key)
+        if prior is not None and prior.state == "failed" and _untouched_since(path,
+                                                                              prior.finished):
+            self._remember(path, sig)
+            self._finish_failed(prior, path, now)
             return
         intake = take(self.inbox, path, self.config)
         job = self.ledger.enqueue(rel, key, intake.style, intake.settings, now)
@@ -364,6 +512,19 @@ class Daemon:
         log.info("%s was already done (%s); %s", rel, job.output, what)
         self._forget_path(path)
 
+    def _finish_failed(self, job: Job, path: Path, now: float) -> None:
+        """The job failed but its source is still here, untouched since: we were killed
+        between marking it failed and moving it. Finish that move now."""
+        try:
+            config = job_config(self.config, job.settings, self.inbox)
+        except ConfigError:
+            config = self.config
+        reason = job.error or "failed"
+        moved = outcome.fail_source(path, job, reason, config, job.settings,
+                                    job.finished or now)
+        log.info("%s had already failed (%s); moved to %s", job.source, reason, moved)
+        self._forget_path(path)
+
     def _remember(self, path: Path, sig: tuple[int, int]) -> None:
         if len(self._known) > KNOWN_LIMIT:
             self._known.clear()
@@ -382,6 +543,7 @@ class Daemon:
             self._forget_path(path)
             log.info("dropped job %d: %s was %s before it was processed", job.id, job.source,
                      why_not)
+            self.tracker.observe(path, mono)  # a replacement is a job of its own
             return
         attempt = f"attempt {job.attempts}/{self.config.daemon.max_attempts}"
         log.info("started %s (job %d, %s, style %s)", job.source, job.id, attempt, job.style)
@@ -403,7 +565,12 @@ class Daemon:
         except OSError as exc:  # I/O trouble (a full or read-only disk...): may pass
             where = f" ({exc.filename})" if exc.filename else ""
             self._fail(job, f"{exc.strerror or exc}{where}", self._clock(), permanent=False)
+        except sqlite3.Error:
+            raise  # the ledger, not the job: `step` pauses and puts the job back
         except Exception as exc:  # noqa: BLE001 - a bug or a library error fails the job only
+            if _is_cuda_oom(exc):  # raised outside Stylizer.run (which converts its own)
+                self._shrink(job, OutOfMemoryError(f"out of GPU memory ({exc})"))
+                return
             log.debug("traceback of job %d", job.id, exc_info=True)
             self._fail(job, f"unexpected error: {type(exc).__name__}: {exc}", self._clock(),
                        permanent=True)
@@ -482,6 +649,7 @@ class Daemon:
     def _complete(self, job: Job, path: Path, config: Config, output: Path,
                   report: Any) -> None:
         self.ledger.complete(job.id, str(output), self._clock())
+        failpoint("daemon.completed")
         running = self._running
         seconds = self._mono() - running.started if running is not None else 0.0
         log.info("done %s -> %s (%s)", job.source, output, _summary(report, seconds))
@@ -491,6 +659,8 @@ class Daemon:
             what = f"could not handle the source ({exc.strerror or exc}); will retry"
         self._forget_path(path)
         log.info("%s: %s", job.source, what)
+        # Finished "already published" after a crash, the pipeline did not get to remove it.
+        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
 
     # ----------------------------------------------------------------- failures
 
@@ -521,14 +691,19 @@ class Daemon:
         current = self.ledger.get(job.id)
         if current is not None and current.output and not os.path.lexists(current.output):
             self.ledger.set_output(job.id, None)  # nothing was published under that name
-        updated = self.ledger.fail(job.id, reason, now, permanent=permanent,
-                                   max_attempts=d.max_attempts,
-                                   backoff_seconds=d.retry_backoff_seconds)
+        try:
+            updated = self.ledger.fail(job.id, reason, now, permanent=permanent,
+                                       max_attempts=d.max_attempts,
+                                       backoff_seconds=d.retry_backoff_seconds)
+        except sqlite3.Error:
+            log.warning("%s failed (%s), and the ledger cannot record it", job.source, reason)
+            raise
         if updated.state == "queued":
             log.warning("attempt %d of %s failed: %s; retrying in %s", updated.attempts,
                         job.source, reason, format_duration(updated.not_before - now))
             return
         log.error("failed %s after %d attempt(s): %s", job.source, updated.attempts, reason)
+        failpoint("daemon.failed_marked")
         path = self.inbox / job.source
         used = updated.settings if settings is None else settings
         try:
@@ -560,13 +735,17 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         """Called by the engine at least once per iteration: throttled to ~1/s."""
+        failpoint("job.heartbeat")
         running = self._running
         mono = self._mono()
         if running is None or mono - running.last_beat < HEARTBEAT_SECONDS:
             return
         running.last_beat = mono
         now = self._clock()
-        self.ledger.renew(running.job.id, now, self.config.daemon.lease_seconds)
+        # The lease only informs `nstd status` (the DaemonLock keeps other daemons out): a
+        # ledger that cannot be written right now must not break the running job.
+        self._ledger_write(self.ledger.renew, running.job.id, now,
+                           self.config.daemon.lease_seconds)
         self.notifier.watchdog()
         self._last_ping = mono
         # Keep noticing and queueing files while a long job runs (status shows them).
@@ -577,6 +756,9 @@ class Daemon:
         self._set_status()
 
     def _on_progress(self, progress: JobProgress) -> None:
+        failpoint("job.progress")
+        if progress.unit == "frame":
+            failpoint("video.frame")  # the frame is on its way to the store and the encoder
         running = self._running
         if running is None:
             return
@@ -585,12 +767,25 @@ class Daemon:
         final = progress.total > 0 and progress.done >= progress.total
         if final or mono - running.last_write >= HEARTBEAT_SECONDS:
             running.last_write = mono
-            self.ledger.progress(running.job.id, progress.done, progress.total, progress.eta)
+            self._ledger_write(self.ledger.progress, running.job.id, progress.done,
+                               progress.total, progress.eta)
             self._set_status()
         if mono - running.last_log >= PROGRESS_LOG_SECONDS:
             running.last_log = mono
             log.info("%s: %s", running.job.source, describe(progress))
         self._heartbeat()
+
+    def _ledger_write(self, write: Callable[..., Any], *args: Any) -> None:
+        """A write that may fail while a job runs (progress, lease): logged once, ignored."""
+        try:
+            write(*args)
+        except sqlite3.Error as exc:
+            if not self._ledger_warned:
+                self._ledger_warned = True
+                log.warning("cannot record progress in the job ledger (%s); the job goes on",
+                            exc)
+        else:
+            self._ledger_warned = False
 
     # ----------------------------------------------------------------- systemd
 
@@ -637,12 +832,30 @@ def _quiet_inotify_stop(record: logging.LogRecord) -> bool:
     return "called when the thread is inactive" not in record.getMessage()
 
 
-def _signature(path: Path) -> tuple[int, int] | None:
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a real folder (not a symlink), or None when there is none."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _untouched_since(path: Path, when: float | None) -> bool:
+    """True when ``path``'s inode has not changed (ctime) since ``when`` (epoch seconds).
+    A rename sets the ctime, so a file moved back into the inbox is "touched"."""
+    if when is None:
+        return False
+    try:
+        return os.lstat(path).st_ctime < when
+    except OSError:
+        return False
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return isinstance(oom, type) and isinstance(exc, oom)
 
 
 def _source_state(path: Path, key: str) -> str | None:

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path, PurePosixPath
@@ -27,6 +28,26 @@ log = logging.getLogger("nstd.daemon")
 
 EXIT_OK, EXIT_ABORTED = 0, 1
 RECENT = 10
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (a newline in a file name becomes ``\\n``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class OneLineFilter(logging.Filter):
+    """Keeps one event on one log line: anyone who can write to the inbox chooses file names,
+    and a name with a newline must not split a line or forge a fake one in the journal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the handler's to report
+            return True
+        if _CONTROL.search(message):
+            record.msg, record.args = one_line(message), None
+        return True
 
 
 def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
@@ -61,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nstd.daemon import Daemon, check_folders
 
     config = config_from_args(args)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineFilter())
     check_folders(config, source=_source(args))
     lock = DaemonLock(ledger_path(config.daemon.state))
     try:
@@ -198,7 +221,7 @@ def format_status(data: dict[str, Any], now: float) -> str:
                              f"({format_duration(took)})")
             else:
                 lines.append(f"  failed {when} {job['source']}: {job['error']}")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)  # names may hold newlines
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nstd.errors import OutputError, TransientError
+from nstd.faults import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def publish(
         raise ValueError(f"publish: {tmp} and {final} must be in the same folder")
     try:
         fsync_file(tmp)
+        failpoint("publish.before_rename")  # fault-injection tests only
         if overwrite:
             os.replace(tmp, final)
         else:
@@ -172,6 +174,7 @@ def _publish_no_clobber(tmp: Path, final: Path) -> None:
         os.close(fd)
         os.replace(tmp, final)
         return
+    failpoint("publish.after_link")  # fault-injection tests only
     os.unlink(tmp)
 
 

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from nstd.errors import InputError, NstdError
+from nstd.faults import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,7 @@ class Ledger:
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
                 "started = ?, finished = NULL WHERE id = ?",
                 (now + lease_seconds, now, row[0]))
+            failpoint("ledger.claim")  # fault-injection tests: killed before COMMIT
         return self.get(row[0])
 
     def renew(self, job_id: int, now: float, lease_seconds: float) -> bool:
@@ -465,6 +467,27 @@ class Ledger:
                 "lease_until = NULL, not_before = ?, eta_seconds = NULL "
                 "WHERE id = ? AND state = 'running'", (now, job_id))
         return cur.rowcount == 1
+
+    def adopt(self, source: str, key: str, style: str, state: State, now: float, *,
+              output: str | None = None, error: str | None = None,
+              attempts: int = 1) -> Job | None:
+        """Record a job that already ended (``done`` or ``failed``), e.g. rebuilt from the
+        done/ and failed/ folders after the ledger was lost. None when that source and key
+        are already known."""
+        if state not in ("done", "failed"):
+            raise ValueError(f"adopt: state must be done or failed, got {state!r}")
+        with self._write() as db:
+            known = db.execute("SELECT 1 FROM jobs WHERE source = ? AND content_key = ?",
+                               (source, key)).fetchone()
+            if known:
+                return None
+            cur = db.execute(
+                "INSERT INTO jobs (source, content_key, style, settings, state, attempts, "
+                "not_before, created, finished, output, error) "
+                "VALUES (?, ?, ?, '{}', ?, ?, 0, ?, ?, ?, ?)",
+                (source, key, style, state, attempts, now, now, output, error))
+            job_id = cur.lastrowid
+        return self.get(job_id)
 
     # ----------------------------------------------------------------- reading
     def get(self, job_id: int) -> Job | None:

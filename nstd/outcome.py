@@ -11,6 +11,12 @@
 A source is only ever moved or deleted when its content key still matches the job's: a file
 replaced while its job ran is a new job and is left where it is. Moves never overwrite (a
 numbered name is taken instead) and work across filesystems (copy, fsync, rename, unlink).
+The error report and the sidecar move first and the source last, so a crash in between leaves
+the source in the inbox, where the restarted daemon finishes the move (nstd.daemon).
+
+Output names are cut to `MAX_NAME_BYTES` so a source named near the filesystem's limit still
+gets an output. `rebuild_ledger` recovers finished jobs from done/ and failed/ when the
+ledger was lost.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,12 +35,16 @@ import yaml
 from nstd import fsutil
 from nstd.config import Config, LimitsConfig
 from nstd.errors import InputError, OutputError
-from nstd.intake import sidecar_for
-from nstd.jobs import Job, content_key
+from nstd.faults import failpoint
+from nstd.intake import folder_style, sidecar_for
+from nstd.jobs import Job, Ledger, content_key
 
 log = logging.getLogger(__name__)
 
 ERROR_SUFFIX = ".error.txt"
+# Output names are cut to this many bytes: most filesystems allow 255, and the hidden temp
+# name `.<name>.<pid>.<8 hex>.tmp` it is written under first adds up to ~30 more.
+MAX_NAME_BYTES = 200
 
 
 # --------------------------------------------------------------------------- output names
@@ -45,7 +55,22 @@ def output_base(outbox: Path, source: str, style: str, kind: str) -> Path:
     rel = PurePosixPath(source)
     name = Path(rel.name)
     suffix = ".mp4" if kind == "video" else name.suffix
-    return outbox.joinpath(*rel.parent.parts) / f"{name.stem}.{style}{suffix}"
+    tail = f".{style}{suffix}"
+    return outbox.joinpath(*rel.parent.parts) / (_cut(name.stem, MAX_NAME_BYTES - _len(tail))
+                                                 + tail)
+
+
+def _len(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def _cut(stem: str, limit: int) -> str:
+    """``stem`` shortened to at most ``limit`` bytes (whole characters); a source name near
+    the filesystem's limit must not make its output name impossible (ENAMETOOLONG)."""
+    limit = max(limit, 16)
+    while _len(stem) > limit:
+        stem = stem[:-1]
+    return stem
 
 
 def choose_output(base: Path, reserved: Collection[str] = (), *, limit: int = 10_000) -> Path:
@@ -146,10 +171,26 @@ def finish_source(path: Path, job: Job, config: Config) -> str:
                 fsutil.remove_quietly(item)
         return "source deleted"
     folder = Path(config.daemon.done).joinpath(*PurePosixPath(job.source).parent.parts)
-    moved = move_file(path, folder)
-    if sidecar is not None:
-        _move_sidecar(sidecar, folder, moved)
+    moved = _move_with_sidecar(path, sidecar, folder)
     return f"source moved to {moved}"
+
+
+def _move_with_sidecar(path: Path, sidecar: Path | None, folder: Path,
+                       before: Callable[[Path], None] | None = None) -> Path:
+    """Move ``path`` into ``folder``, its sidecar (and ``before(target)``'s files) first.
+
+    The source moves last: a crash in between leaves it in the inbox, where the restarted
+    daemon finds it and finishes the move (its sidecar is already beside the target name).
+    The other order would strand the sidecar in the inbox with nothing to take it along.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = fsutil.unique_path(folder / path.name)
+    if before is not None:
+        before(target)
+    if sidecar is not None:
+        _move_sidecar(sidecar, folder, target)
+        failpoint("outcome.sidecar_moved")
+    return move_file(path, folder, target.name)
 
 
 def _move_sidecar(sidecar: Path, folder: Path, moved_source: Path) -> None:
@@ -173,20 +214,20 @@ def fail_source(path: Path, job: Job, reason: str, config: Config,
         log.info("%s: source %s; nothing moved to failed/", job.source, why_not)
         return None
     folder = Path(config.daemon.failed).joinpath(*PurePosixPath(job.source).parent.parts)
-    sidecar = sidecar_for(path)
-    moved = move_file(path, folder)
-    if sidecar is not None:
-        _move_sidecar(sidecar, folder, moved)
     text = error_text(job, reason, config, settings, now)
-    report = moved.with_name(moved.name + ERROR_SUFFIX)
-    try:
+
+    def write_report(target: Path) -> None:
+        # Written first, so that whenever the source is in failed/ its reason is too.
+        report = target.with_name(target.name + ERROR_SUFFIX)
         tmp = fsutil.temp_path_for(report)
-        tmp.write_text(text, encoding="utf-8")
-        fsutil.publish(tmp, report, overwrite=True)
-    except (OSError, OutputError) as exc:
-        fsutil.remove_quietly(tmp)
-        log.warning("could not write %s: %s", report, exc)
-    return moved
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            fsutil.publish(tmp, report, overwrite=True)
+        except (OSError, OutputError) as exc:
+            fsutil.remove_quietly(tmp)
+            log.warning("could not write %s: %s", report, exc)
+
+    return _move_with_sidecar(path, sidecar_for(path), folder, write_report)
 
 
 def error_text(job: Job, reason: str, config: Config, settings: Mapping[str, Any],
@@ -271,3 +312,88 @@ def _writer_alive(temp_name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --------------------------------------------------------------------------- a lost ledger
+
+
+def rebuild_ledger(ledger: Ledger, config: Config, now: float) -> tuple[int, int]:
+    """Rebuild what the folders tell about finished jobs into an empty ledger.
+
+    After the ledger file was deleted (or moved aside because it was damaged):
+    - every media file in ``done/`` becomes a ``done`` job (source = its path inside done/),
+      with its output when ``outbox/<same sub-folder>/<stem>.<style>.<ext>`` exists;
+    - every file in ``failed/`` with a ``<name>.error.txt`` becomes a ``failed`` job with the
+      reason and attempts written there, so ``nstd status`` shows it and ``nstd retry``
+      finds it.
+    What cannot be rebuilt: queued and running jobs (their files are still in the inbox and
+    are queued again by the start-up scan; a video's stored frames are not reused) and which
+    inbox file an existing output came from. Returns (done, failed) counts.
+    """
+    d = config.daemon
+    done = failed = 0
+    for rel, path in _media_files(Path(d.done)):
+        style = folder_style(rel) or d.default_style
+        output = _guess_output(Path(d.outbox), rel, style)
+        if _adopt(ledger, rel, path, style, "done", now, output=output):
+            done += 1
+    for rel, path in _media_files(Path(d.failed)):
+        report = path.with_name(path.name + ERROR_SUFFIX)
+        if not report.is_file():
+            continue
+        fields = _report_fields(report)
+        style = fields.get("style_name") or folder_style(rel) or d.default_style
+        try:
+            attempts = int(fields.get("attempts", "1"))
+        except ValueError:
+            attempts = 1
+        if _adopt(ledger, rel, path, style, "failed", now, attempts=attempts,
+                  error=fields.get("reason") or "failed (reason lost with the ledger)"):
+            failed += 1
+    return done, failed
+
+
+def _media_files(folder: Path) -> list[tuple[str, Path]]:
+    from nstd.watch import is_candidate_name
+
+    found = []
+    if not folder.is_dir():
+        return found
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+        for name in sorted(files):
+            path = Path(root) / name
+            if is_candidate_name(path) and not path.is_symlink() and path.is_file():
+                found.append((PurePosixPath(*path.relative_to(folder).parts).as_posix(), path))
+    return found
+
+
+def _guess_output(outbox: Path, rel: str, style: str) -> str | None:
+    from nstd.images import IMAGE_EXTENSIONS
+
+    kind = "image" if Path(rel).suffix.lower() in IMAGE_EXTENSIONS else "video"
+    base = output_base(outbox, rel, style, kind)
+    return str(base) if base.is_file() else None
+
+
+def _report_fields(report: Path) -> dict[str, str]:
+    """``reason``, ``attempts`` and ``style_name`` from an ``<name>.error.txt``."""
+    fields: dict[str, str] = {}
+    try:
+        text = report.read_text(encoding="utf-8", errors="replace")[:64 * 1024]
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if sep and key in ("reason", "attempts", "style_name") and key not in fields:
+            fields[key] = value.strip()
+    return fields
+
+
+def _adopt(ledger: Ledger, rel: str, path: Path, style: str, state: str, now: float,
+           **extra: Any) -> bool:
+    try:
+        key = content_key(path)
+    except (OSError, InputError):
+        return False
+    return ledger.adopt(rel, key, style, state, now, **extra) is not None  # type: ignore[arg-type]

@@ -76,6 +76,31 @@ def is_candidate_name(path: str | os.PathLike[str]) -> bool:
     return suffix in MEDIA_EXTENSIONS
 
 
+def regular_signature(path: Path) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of a regular file, from lstat (never follows or opens it).
+
+    None when it is gone, or is a symlink, FIFO, socket or device (those are logged once:
+    a link must not make the service read outside the inbox, and opening a FIFO blocks).
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size, st.st_mtime_ns
+    if stat.S_ISLNK(st.st_mode):
+        _once(("symlink", path), logging.INFO,
+              "left alone: %s is a symbolic link (not followed)", path)
+    elif not stat.S_ISDIR(st.st_mode):
+        _once(("special", path), logging.INFO, "left alone: %s is not a regular file", path)
+    return None
+
+
+def log_once(key: object, level: int, msg: str, *args: object) -> None:
+    """Log ``msg`` once per ``key`` (bounded memory): for conditions a rescan finds again."""
+    _once(key, level, msg, *args)
+
+
 def _log_skipped_name(path: Path) -> None:
     """Say once why a non-candidate is left alone; quiet for the expected ones."""
     name = path.name
@@ -242,10 +267,15 @@ class StabilityTracker:
 
 
 def _is_hidden_below(path: Path, inbox: Path) -> bool:
-    """True when any folder between ``inbox`` and ``path`` is hidden (or path is outside)."""
+    """True when any folder between ``inbox`` and ``path`` is hidden (or path is outside),
+    or ``path`` lies deeper than `MAX_DEPTH` folders (as `scan_inbox` skips it too)."""
     try:
         parts = path.relative_to(inbox).parts
     except ValueError:
+        return True
+    if len(parts) - 1 > MAX_DEPTH:
+        _once(("deep", path.parent), logging.WARNING,
+              "left alone: %s is nested deeper than %d folders", path.parent, MAX_DEPTH)
         return True
     return any(part.startswith(".") for part in parts[:-1])
 
@@ -255,7 +285,9 @@ class InboxEventHandler(FileSystemEventHandler):
 
     Runs on the observer's thread: it never stats or opens the files (the daemon's
     `StabilityTracker` does, on its own thread). A created or moved-in folder is scanned,
-    because files that arrive inside a folder produce no events of their own.
+    because files that arrive inside a folder produce no events of their own. When the inbox
+    folder itself is deleted or moved away, the inbox path itself is put on the queue: the
+    watch on it is dead, and the daemon re-arms it once the folder is back.
     """
 
     def __init__(self, inbox: str | os.PathLike[str],
@@ -268,15 +300,21 @@ class InboxEventHandler(FileSystemEventHandler):
         if not raw:
             return
         path = Path(os.fsdecode(raw))
-        if is_candidate_name(path) and not _is_hidden_below(path, self.inbox):
+        if _is_hidden_below(path, self.inbox):
+            return
+        if is_candidate_name(path):
             self.paths.put(path)
+        else:
+            _log_skipped_name(path)
 
     def _scan_folder(self, raw: bytes | str) -> None:
         folder = Path(os.fsdecode(raw))
         # `folder / "x"` so that the folder's own name is checked for a leading dot too.
         if folder == self.inbox or _is_hidden_below(folder / "x", self.inbox):
             return
-        for path in scan_inbox(folder):
+        # The depth limit counts from the inbox, not from the new folder.
+        depth = len(folder.relative_to(self.inbox).parts)
+        for path in scan_inbox(folder, max_depth=MAX_DEPTH - depth):
             self.paths.put(path)
 
     def _guarded(self, action: Callable[[bytes | str], None], raw: bytes | str) -> None:
@@ -304,9 +342,19 @@ class InboxEventHandler(FileSystemEventHandler):
         # The final name is in dest_path (x.part -> x.mp4); a move out of the inbox is ignored
         # here and dropped by the tracker's re-stat.
         if event.is_directory:
+            if self._is_inbox(event.src_path):
+                self.paths.put(self.inbox)
+                return
             self._guarded(self._scan_folder, event.dest_path)
         else:
             self._guarded(self._offer, event.dest_path)
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if event.is_directory and self._is_inbox(event.src_path):
+            self.paths.put(self.inbox)
+
+    def _is_inbox(self, raw: bytes | str) -> bool:
+        return bool(raw) and Path(os.fsdecode(raw)) == self.inbox
 
 
 def start_observer(inbox: str | os.PathLike[str], handler: FileSystemEventHandler, *,
