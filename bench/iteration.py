@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="auto = on for CUDA only")
     parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (model.compile); compile time falls in "
+                             "the warm-up iterations")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--weights", help="VGG-19 state dict (default: random full-width)")
@@ -121,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "optimizer": args.optimizer,
+        "compiled": args.compile,
         "weights": args.weights or "random full-width VGG-19 (timing only; images meaningless)",
         "date": time.strftime("%Y-%m-%d"),
         "results": [],
     }
     for precision in precisions:
         stylizer = Stylizer(features, style, device, precision=precision,
-                            channels_last=channels_last)
+                            channels_last=channels_last, compile_network=args.compile)
         for size in sizes:
             row = measure(stylizer, size, args.warmup, args.iterations)
             report["results"].append(row)

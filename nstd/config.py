@@ -58,6 +58,7 @@ class ModelConfig:
         "fp32", "bf16 = autocast the network on CUDA; Grams and losses stay fp32"
     )
     channels_last: bool = _opt(True, "channels_last memory format on CUDA")
+    compile: bool = _opt(False, "torch.compile the network on CUDA (each new size compiles once)")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class StyleConfig:
     coarse_iterations: int = _opt(150, "optimizer iterations at each coarser scale", min=0)
     optimizer: Literal["lbfgs", "adam"] = _opt("lbfgs", "lbfgs (default) or adam")
     learning_rate: float = _opt(0.02, "Adam step size (image values are in [0, 1])", min=0.0)
-    lbfgs_history: int = _opt(50, "L-BFGS history size", min=1)
+    lbfgs_history: int = _opt(20, "L-BFGS history size", min=1)
     tolerance: float = _opt(1.0e-4, "early stop: relative loss change below this ...", min=0.0)
     tolerance_window: int = _opt(50, "... over this many iterations (tolerance 0 disables)", min=1)
     init: Literal["content", "noise", "image"] = _opt("content", "start image")
@@ -97,7 +98,13 @@ class VideoConfig:
     temporal_weight: float = _opt(
         50.0, "weight of the loss pulling frame t towards the warped frame t-1 (0 = off)", min=0.0
     )
-    frame_iterations: int = _opt(100, "iteration budget of a warm-started frame", min=0)
+    frame_iterations: int = _opt(10, "iteration budget of a warm-started frame", min=0)
+    frame_tolerance: float = _opt(
+        0.001, "early stop of a warm frame: relative loss change below this ...", min=0.0
+    )
+    frame_tolerance_window: int = _opt(
+        5, "... over this many iterations (frame_tolerance 0 disables)", min=1
+    )
     scene_cut_threshold: float = _opt(0.5, "scene-cut score above which a frame starts cold",
                                       min=0.0)
     max_segment_frames: int = _opt(300, "longest segment (unit of resumable work)", min=1)

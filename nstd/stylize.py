@@ -14,7 +14,12 @@ Choices that depart from the paper or from common code, and why:
 - L-BFGS is stepped one iteration per `step()` call (max_iter=1, no line search): each
   iteration is exactly one forward+backward pass, so budgets are predictable and progress,
   early stopping and `should_stop` are checked every iteration. Its state persists between
-  calls, so this is the same algorithm as one long call.
+  calls, so this is the same algorithm as one long call. It is `nstd.optim.SyncFreeLBFGS`:
+  torch.optim.LBFGS's iterates without its per-step host synchronisations.
+- Nothing in the iteration loop reads a value back to the host on CUDA: loss values are
+  copied to pinned memory asynchronously and read `lag` iterations later (see `_Tracker`).
+- Each scale returns its lowest-loss iterate, not its last one (see `_optimize`): fixed-step
+  L-BFGS occasionally jumps to a far worse point for one step.
 - Style Grams are computed once per (style target, output size) and cached in the
   `StyleTarget`; content features once per scale of each run.
 """
@@ -36,6 +41,7 @@ from nstd.config import ModelConfig, StyleConfig
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
 from nstd.features import VGGFeatures
 from nstd.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.optim import SyncFreeLBFGS
 from nstd.weights import load_vgg19_state_dict
 
 log = logging.getLogger(__name__)
@@ -192,19 +198,24 @@ class _Problem:
 class _Tracker:
     """Counts iterations over a run: progress reports, early stopping, stop requests.
 
-    Loss values stay on the device until a flush (every `sync_every` iterations), so the only
-    host synchronisation is the one early stopping and progress need.
+    Loss values stay on the device; the host reads them back in batches of `sync_every`
+    iterations, and on CUDA (`lag` > 0) only once they are `lag` iterations old: each
+    iteration's values are copied into pinned host memory without blocking, and after
+    iteration i the host waits only for iteration i - lag, while iterations i - lag + 1 .. i
+    are still queued behind it. So the GPU never runs dry waiting for Python, and early
+    stopping stays deterministic: convergence seen at iteration j always stops the scale after
+    iteration j + lag (those extra iterations only lower the loss).
     """
 
     def __init__(self, total: int, scale_count: int, started: float, sync_every: int,
                  progress: Callable[[Progress], None] | None,
-                 should_stop: Callable[[], bool] | None) -> None:
+                 should_stop: Callable[[], bool] | None, lag: int = 0) -> None:
         self.total, self.scale_count, self.started = total, scale_count, started
-        self.sync_every = sync_every
+        self.sync_every, self.lag = sync_every, lag
         self.progress, self.should_stop = progress, should_stop
         self.done = 0
         self.first_loss: float | None = None
-        self._pending: list[tuple[int, Tensor]] = []
+        self._pending: list[tuple[int, Tensor, object | None]] = []
         self._history: list[float] = []
         self._scale = (0, (0, 0), ("total",), 0.0, 1)
 
@@ -220,19 +231,35 @@ class _Tracker:
     def record(self, values: Tensor) -> bool:
         """Note one iteration's losses ([total, *terms], on device); True = converged."""
         self.done += 1
-        self._pending.append((self.done, values))
-        return self.flush() if len(self._pending) >= self.sync_every else False
+        event = None
+        if values.device.type == "cuda" and self.lag > 0:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            values = host
+        self._pending.append((self.done, values, event))
+        ready = sum(1 for i, _, _ in self._pending if i <= self.done - self.lag)
+        return self.flush(ready) if ready >= self.sync_every else False
 
-    def flush(self) -> bool:
-        if not self._pending:
+    def flush(self, count: int | None = None) -> bool:
+        """Process the `count` oldest pending iterations (default all); True = converged."""
+        batch = self._pending[:len(self._pending) if count is None else count]
+        if not batch:
             return False
-        rows = torch.stack([v for _, v in self._pending]).tolist()  # the one host sync
-        numbers = [i for i, _ in self._pending]
-        self._pending.clear()
+        del self._pending[:len(batch)]
+        for _, _, event in batch:
+            if event is not None:
+                event.synchronize()  # type: ignore[attr-defined]
+        # The one host sync (on CUDA with lag: of values copied long ago, no stall).
+        rows = torch.stack([v for _, v, _ in batch]).tolist()
         index, size, names, tolerance, window = self._scale
         converged = False
-        for iteration, row in zip(numbers, rows, strict=True):
-            if not math.isfinite(row[0]):
+        for (iteration, _, _), row in zip(batch, rows, strict=True):
+            # One non-finite loss is an overshoot that SyncFreeLBFGS undoes (it steps back to
+            # the last finite point); a non-finite start, or two in a row, is divergence.
+            if not math.isfinite(row[0]) and (not self._history
+                                              or not math.isfinite(self._history[-1])):
                 raise NstdError(f"the optimization diverged (loss {row[0]}) at iteration "
                                 f"{iteration}; lower style.style_weight or style.learning_rate")
             if self.first_loss is None:
@@ -251,6 +278,8 @@ class _Tracker:
         if tolerance <= 0 or len(self._history) <= window:
             return False
         old, new = self._history[-window - 1], self._history[-1]
+        if not (math.isfinite(old) and math.isfinite(new)):
+            return False
         return abs(old - new) <= tolerance * max(abs(old), 1e-30)
 
 
@@ -268,11 +297,17 @@ class Stylizer:
         precision: 'fp32', or 'bf16' = autocast the network only; Grams and losses stay fp32.
         channels_last: run the network in channels-last memory format (faster on CUDA).
         sync_every: iterations between host syncs for progress/early stopping (1 = exact).
+        lag: iterations the host may run ahead of the loss values it has read (see
+            `_Tracker`); default 2 on CUDA (no stall per iteration), 0 elsewhere (exact).
+        compile_network: run the network through `torch.compile` (fused elementwise work,
+            fewer kernel launches; each new image size compiles once, so the first frames
+            are slower). Meant for CUDA; model.compile turns it on there.
     """
 
     def __init__(self, features: VGGFeatures, style: StyleConfig, device: torch.device,
                  precision: str = "fp32", channels_last: bool = False,
-                 sync_every: int = 1) -> None:
+                 sync_every: int = 1, lag: int | None = None,
+                 compile_network: bool = False) -> None:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"model.precision: must be fp32 or bf16, got {precision!r}")
         needed = [style.content_layer, *style.style_layers]
@@ -282,19 +317,30 @@ class Stylizer:
                              "the content and style layers of this StyleConfig")
         if sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        if lag is not None and lag < 0:
+            raise ValueError(f"lag must be >= 0, got {lag}")
         self.device = torch.device(device)
         self.style = style
         self.precision = precision
         self.channels_last = channels_last
         self.sync_every = sync_every
+        self.lag = (2 if self.device.type == "cuda" else 0) if lag is None else lag
         self.features = features.to(self.device)
         if channels_last:
             self.features = self.features.to(memory_format=torch.channels_last)
+        self.compile_network = compile_network
+        self._network: Callable[[Tensor], dict[str, Tensor]] = self.features
+        if compile_network:
+            # dynamic=False: a video has one size, and static shapes compile the fastest code.
+            self._network = torch.compile(self.features, dynamic=False)
         if self.device.type == "cuda":
             # TF32 for convolutions and fp32 matmuls (Grams): ~10-bit mantissa products with
             # fp32 accumulation is ample for a loss driven to a few significant digits.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            # Shapes repeat for thousands of iterations (every frame of a video has the same
+            # size): let cuDNN time its algorithms once per shape and keep the fastest.
+            torch.backends.cudnn.benchmark = True
         self._style_weights = {k: float(v) for k, v in style.style_layers.items() if v != 0}
         self._token = object()
 
@@ -306,7 +352,9 @@ class Stylizer:
         or tolerance.
         """
         other = Stylizer(self.features, style, self.device, precision=self.precision,
-                         channels_last=self.channels_last, sync_every=self.sync_every)
+                         channels_last=self.channels_last, sync_every=self.sync_every,
+                         lag=self.lag)
+        other.compile_network, other._network = self.compile_network, self._network
         shape = ("style_layers", "style_scale", "preserve_color")
         if all(getattr(style, k) == getattr(self.style, k) for k in shape):
             other._token = self._token
@@ -385,7 +433,7 @@ class Stylizer:
             rgb = rgb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                             enabled=self.precision == "bf16"):
-            return self.features(rgb)
+            return self._network(rgb)
 
     def _term_names(self, problem: _Problem) -> tuple[str, ...]:
         names = ("total", "content", "style", "tv")
@@ -438,7 +486,9 @@ class Stylizer:
             iterations: int | None = None, coarse_to_fine: bool = True,
             temporal: Sequence[TemporalTerm] = (),
             progress: Callable[[Progress], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> StylizeResult:
+            should_stop: Callable[[], bool] | None = None,
+            tolerance: float | None = None,
+            tolerance_window: int | None = None) -> StylizeResult:
         """Stylize `content` (1, 3, H, W) float in [0, 1] towards `target`.
 
         init: start image (1, 3, h, w) in [0, 1] (resized to fit), else style.init
@@ -446,14 +496,22 @@ class Stylizer:
         iterations: budget at the final scale (default style.iterations); coarser scales get
             style.coarse_iterations each. coarse_to_fine=False optimizes at full size only.
         temporal: extra terms pulling the output towards given images (video).
+        tolerance, tolerance_window: early stopping for this run (default style.tolerance and
+            style.tolerance_window), e.g. a short window for a video's short warm budget.
         Raises Interrupted when should_stop() turns true, OutOfMemoryError on CUDA OOM.
         Returns the (1, 3, H, W) result on the CPU; the caller's tensors are never modified.
         """
         started = time.monotonic()
         self._check_run_args(content, target, init, temporal)
         try:
+            stopping = (self.style.tolerance if tolerance is None else float(tolerance),
+                        self.style.tolerance_window if tolerance_window is None
+                        else int(tolerance_window))
+            if stopping[0] < 0 or stopping[1] < 1:
+                raise ValueError(f"tolerance must be >= 0 and tolerance_window >= 1, got "
+                                 f"{stopping}")
             return self._run(content, target, init, iterations, coarse_to_fine, temporal,
-                             progress, should_stop, started)
+                             progress, should_stop, started, stopping)
         except torch.cuda.OutOfMemoryError:
             h, w = content.shape[-2:]
             raise OutOfMemoryError(f"out of GPU memory stylizing {w}x{h}; "
@@ -481,22 +539,23 @@ class Stylizer:
     def _run(self, content: Tensor, target: StyleTarget, init: Tensor | None,
              iterations: int | None, coarse_to_fine: bool, temporal: Sequence[TemporalTerm],
              progress: Callable[[Progress], None] | None,
-             should_stop: Callable[[], bool] | None, started: float) -> StylizeResult:
+             should_stop: Callable[[], bool] | None, started: float,
+             stopping: tuple[float, int]) -> StylizeResult:
         content = content.detach().to(self.device, torch.float32)
         full = (int(content.shape[-2]), int(content.shape[-1]))
         budget = self.style.iterations if iterations is None else int(iterations)
         if budget < 0:
             raise ValueError(f"iterations must be >= 0, got {budget}")
-        plan = self._plan(full, budget, coarse_to_fine)
+        plan = self.plan(full, budget, coarse_to_fine)
         tracker = _Tracker(sum(n for _, n in plan), len(plan), started, self.sync_every,
-                           progress, should_stop)
+                           progress, should_stop, lag=self.lag)
         start = self._initial_image(content, init, plan[0][0])
         x, stopped_early = start, False
         for index, (size, steps) in enumerate(plan):
             if index > 0:
                 x = _resize(x.clamp(0.0, 1.0), size)
             problem = self._problem(content, target, temporal, size)
-            x, stopped_early = self._optimize(problem, x, steps, index, tracker)
+            x, stopped_early = self._optimize(problem, x, steps, index, tracker, stopping)
         image, terms = self._finish(problem, x)
         initial = tracker.first_loss if len(plan) == 1 and tracker.first_loss is not None \
             else self._total(problem, _resize(start, full))
@@ -504,9 +563,11 @@ class Stylizer:
                              losses=terms, iterations=tracker.done,
                              seconds=time.monotonic() - started, stopped_early=stopped_early)
 
-    def _plan(self, full: tuple[int, int], budget: int,
-              coarse_to_fine: bool) -> list[tuple[tuple[int, int], int]]:
-        """[(size, iterations)] from coarse to full size; too-small scales are skipped."""
+    def plan(self, full: tuple[int, int], budget: int,
+             coarse_to_fine: bool = True) -> list[tuple[tuple[int, int], int]]:
+        """[((height, width), iterations)] from coarse to full size, as `run` will optimize
+        an image of size `full` with `budget` final-scale iterations; too-small scales are
+        skipped."""
         plan: list[tuple[tuple[int, int], int]] = []
         if coarse_to_fine and self.style.coarse_iterations > 0:
             for scale in self.style.scales:
@@ -535,20 +596,36 @@ class Stylizer:
         return image.clone()
 
     def _optimize(self, problem: _Problem, x0: Tensor, steps: int, scale_index: int,
-                  tracker: _Tracker) -> tuple[Tensor, bool]:
-        """Run up to `steps` iterations from x0 at one scale; returns (x, stopped early)."""
+                  tracker: _Tracker, stopping: tuple[float, int]) -> tuple[Tensor, bool]:
+        """Run up to `steps` iterations from x0 at one scale; returns (x, stopped early).
+
+        x is the iterate with the lowest loss, not simply the last one: L-BFGS without a line
+        search now and then jumps to an iterate whose loss is 10-1000x higher and recovers on
+        the next step; a budget ending on such a jump returned a ruined image (about one frame
+        in twenty at the benchmark's cold budget). The comparison stays on the device (no host
+        sync); it costs one copy of the image per iteration and one forward pass per scale
+        (to evaluate the last iterate).
+        """
         x = x0.detach().clone().requires_grad_(True)
         optimizer = self._optimizer(x)
         names = self._term_names(problem)
-        tracker.begin_scale(scale_index, problem.size, names, self.style.tolerance,
-                            self.style.tolerance_window)
+        tracker.begin_scale(scale_index, problem.size, names, *stopping)
         last: list[Tensor] = []
+        best_x = x0.detach().clone()
+        best_loss = torch.full((), math.inf, device=x.device)
+
+        def keep_best(total: Tensor, candidate: Tensor) -> None:
+            better = total < best_loss  # False for NaN
+            best_loss.copy_(torch.where(better, total, best_loss))
+            best_x.copy_(torch.where(better, candidate, best_x))
 
         def closure() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
             terms = self._terms(problem, x)
             total = torch.stack(terms).sum()
             total.backward()
+            with torch.no_grad():
+                keep_best(total.detach(), x.detach())  # x is still the evaluated iterate
             last[:] = [torch.stack([total, *terms]).detach()]
             return total
 
@@ -560,12 +637,17 @@ class Stylizer:
                 stopped = step + 1 < steps  # converging on the last step is not "early"
                 break
         tracker.flush()  # report iterations still pending (sync_every > 1)
-        return x.detach(), stopped
+        if not last:  # no iteration at this scale
+            return x.detach(), stopped
+        with torch.no_grad():  # the last step's result has not been evaluated yet
+            keep_best(torch.stack(self._terms(problem, x)).sum(), x.detach())
+        return best_x, stopped
 
-    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer:
+    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer | SyncFreeLBFGS:
         if self.style.optimizer == "adam":
             return torch.optim.Adam([x], lr=self.style.learning_rate)
-        return torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=self.style.lbfgs_history)
+        # torch.optim.LBFGS's iterates, without its host syncs (nstd.optim explains).
+        return SyncFreeLBFGS(x, history=self.style.lbfgs_history, lr=1.0)
 
     def _finish(self, problem: _Problem, x: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The result image (CPU, [0, 1]) and the loss terms of exactly that image."""
@@ -613,8 +695,8 @@ def build_stylizer(model: ModelConfig, style: StyleConfig,
                    weights_override: str | None = None) -> Stylizer:
     """Resolve the device, load and check the weights, build the truncated network.
 
-    bf16 and channels_last apply on CUDA only (on the CPU they are slower or unsupported);
-    `weights_override` replaces model.weights (None keeps it).
+    bf16, channels_last and compile apply on CUDA only (on the CPU they are slower or
+    unsupported); `weights_override` replaces model.weights (None keeps it).
     """
     device = resolve_device(model.device)
     on_cuda = device.type == "cuda"
@@ -627,4 +709,5 @@ def build_stylizer(model: ModelConfig, style: StyleConfig,
     del state
     return Stylizer(features, style, device,
                     precision=model.precision if on_cuda else "fp32",
-                    channels_last=model.channels_last and on_cuda)
+                    channels_last=model.channels_last and on_cuda,
+                    compile_network=model.compile and on_cuda)

