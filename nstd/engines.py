@@ -20,7 +20,7 @@ from torch import Tensor
 
 from nstd.config import Config, ModelConfig
 from nstd.features import VGGFeatures
-from nstd.stylize import Stylizer, resolve_device
+from nstd.stylize import Stylizer, device_options, resolve_device
 from nstd.weights import describe_weights, load_vgg19_state_dict
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,9 @@ class EngineCache:
     def stylizer(self, config: Config) -> Stylizer:
         """A Stylizer for one job's settings (its style section, pooling and precision).
 
-        bf16 and channels_last apply on CUDA only, as in `nstd.stylize.build_stylizer`.
+        bf16, channels_last and compile apply on CUDA only (`nstd.stylize.device_options`).
         """
         style = config.style
-        on_cuda = self.device.type == "cuda"
         features = self.features((style.content_layer, *style.style_layers),
                                  config.model.pooling)
-        return Stylizer(features, style, self.device,
-                        precision=config.model.precision if on_cuda else "fp32",
-                        channels_last=config.model.channels_last and on_cuda)
+        return Stylizer(features, style, self.device, **device_options(config.model, self.device))

@@ -699,15 +699,20 @@ def build_stylizer(model: ModelConfig, style: StyleConfig,
     unsupported); `weights_override` replaces model.weights (None keeps it).
     """
     device = resolve_device(model.device)
-    on_cuda = device.type == "cuda"
-    if model.precision == "bf16" and not on_cuda:
+    if model.precision == "bf16" and device.type != "cuda":
         log.info("model.precision bf16 applies on CUDA only; running fp32 on %s", device)
     state = load_vgg19_state_dict(weights_override if weights_override is not None
                                   else model.weights)
     features = VGGFeatures(state, [style.content_layer, *style.style_layers],
                            pooling=model.pooling)
     del state
-    return Stylizer(features, style, device,
-                    precision=model.precision if on_cuda else "fp32",
-                    channels_last=model.channels_last and on_cuda,
-                    compile_network=model.compile and on_cuda)
+    return Stylizer(features, style, device, **device_options(model, device))
+
+
+def device_options(model: ModelConfig, device: torch.device) -> dict[str, object]:
+    """Stylizer options from the model config that apply on CUDA only (slower or unsupported
+    on the CPU): bf16 autocast, channels_last, torch.compile."""
+    on_cuda = device.type == "cuda"
+    return {"precision": model.precision if on_cuda else "fp32",
+            "channels_last": model.channels_last and on_cuda,
+            "compile_network": model.compile and on_cuda}
