@@ -23,7 +23,6 @@ per frame the engine computes the content features once and the loop runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
@@ -107,7 +106,7 @@ def fingerprint(request: JobRequest, info: video.VideoInfo, size: tuple[int, int
     stat = request.source.stat()
     return {
         "source": f"{request.source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
-        "styles": [_file_digest(p) for p in request.styles],
+        "styles": [fsutil.sha256_file(p) for p in request.styles],
         "blend": list(request.blend),
         "size": list(size),
         "frames_from": {"style": config["style"],
@@ -117,14 +116,6 @@ def fingerprint(request: JobRequest, info: video.VideoInfo, size: tuple[int, int
                                   if k not in ("device", "channels_last", "compile")}},
         "frames_in_source": info.frame_count,
     }
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stylize_video_file(

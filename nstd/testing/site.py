@@ -14,7 +14,6 @@ another process (or the daemon's decode/flow/encode threads) slow an iteration d
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nstd import fsutil
 from nstd.testing.media import write_test_image
 
 DEFAULTS: dict[str, Any] = {
@@ -243,11 +243,7 @@ def listing(folder: Path) -> list[str]:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return fsutil.sha256_file(path)
 
 
 def checksums(folder: Path) -> dict[str, str]:
