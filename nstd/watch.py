@@ -26,13 +26,11 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from nstd.images import IMAGE_EXTENSIONS
+from nstd.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 # The decoders are the authority on what they accept.
-# TODO(lead): import VIDEO_EXTENSIONS from nstd.video once that module exists.
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 MEDIA_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 # Names of files still being written by common tools, and sidecars (read with their input).
