@@ -392,11 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     random_weights = args.weights is None
     weights = args.weights
     if weights is None:
-        from nstd.testing.weights import write_random_vgg19
+        from nstd.testing.weights import random_vgg19_file
 
-        weights = out / "vgg19-random.pth"
-        if not weights.exists():
-            write_random_vgg19(weights, seed=0)
+        weights = random_vgg19_file(out)
         say(f"NOTE: {RANDOM_WEIGHTS_NOTE}")
     config = build_config(args, weights)
     cw, _, ch = args.clip_size.lower().partition("x")

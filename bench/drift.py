@@ -26,7 +26,7 @@ from nstd.config import parse_config
 from nstd.pipeline import JobRequest, run_job
 from nstd.stylize import build_stylizer
 from nstd.testing.media import write_test_clip
-from nstd.testing.weights import write_random_vgg19
+from nstd.testing.weights import random_vgg19_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="nstd-drift-"))
-    weights = args.weights or write_random_vgg19(work / "vgg19-random.pth", seed=0)
+    weights = args.weights or random_vgg19_file(work)
     clip = args.video or write_test_clip(work / "static.mp4", frames=args.frames,
                                          size=(args.max_side * 4 // 3, args.max_side),
                                          pattern="static")

@@ -54,12 +54,10 @@ def rss_mb() -> float:
 
 def measure(args: argparse.Namespace, folder: Path, precision: str | None) -> dict[str, Any]:
     from nstd.testing.media import write_test_clip
-    from nstd.testing.weights import write_random_vgg19
+    from nstd.testing.weights import random_vgg19_file
 
     w, h = parse_size(args.size)
-    weights = args.weights or folder / "vgg19-random.pth"
-    if not Path(weights).exists():
-        write_random_vgg19(weights, seed=0)
+    weights = args.weights or random_vgg19_file(folder)
     clip = folder / "clip.mp4"
     if not clip.exists():
         write_test_clip(clip, frames=args.frames, size=(w, h))

@@ -44,3 +44,10 @@ def write_random_vgg19(path: str | os.PathLike[str], *, seed: int = 0,
     path = Path(path)
     torch.save(random_vgg19_state_dict(seed=seed, width_divisor=width_divisor), path)
     return path
+
+
+def random_vgg19_file(folder: str | os.PathLike[str]) -> Path:
+    """`folder/vgg19-random.pth` (full width, seed 0), written on first use and reused after:
+    what the benchmarks run on when no real weights are given."""
+    path = Path(folder) / "vgg19-random.pth"
+    return path if path.exists() else write_random_vgg19(path, seed=0)
