@@ -5,8 +5,8 @@
         --device cuda --max-side 512 --frames 48 --out bench/out/compare --json compare.json
 
 (a) baseline, contained here: every frame stylized independently from its content frame by a
-    plain Gatys loop — nstd's VGGFeatures up to relu5_1, the loss functions of nstd.losses with
-    the weights of the config, fp32, torch.optim.LBFGS (one iteration per step, as nstd), the
+    plain Gatys loop — nstd's VGGFeatures up to relu5_1, the loss functions of nstd.engine.losses
+    with the weights of the config, fp32, torch.optim.LBFGS (one iteration per step, as nstd), the
     cold-start budget for every frame, no early stopping; coarse-to-fine only where nstd's own
     cold start uses it (its scale plan is taken from the nstd stylizer).
 (b) nstd: `nstd.pipeline.run_job` with the config's defaults (warped start, temporal loss,
@@ -26,7 +26,7 @@ Measured the same way for both:
   and on the default clip 2 of the baseline's 24 frames end near loss 100-130 instead of ~2.3,
   which dominates its mean; nstd keeps each run's best iterate, which undoes the bad
   landings but not a crawl);
-- ewarp: `nstd.evaluate.evaluate_videos` (Lai et al. E_warp, Farneback flow) on the *encoded*
+- ewarp: `nstd.temporal.ewarp.evaluate_videos` (Lai et al. E_warp, Farneback flow) on the *encoded*
   videos, as `nstd eval-temporal` reports it; `ewarp_lossless` on the engine's frames and
   `mean_loss_encoded` on the decoded videos show what H.264 adds (at 96 px, crf 18 roughly
   doubles nstd's E_warp and quintuples the loss of random-weight outputs);
@@ -64,16 +64,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from nstd import video  # noqa: E402
 from nstd.config import Config, apply_override, parse_config, to_mapping  # noqa: E402
-from nstd.evaluate import evaluate_videos, warping_error  # noqa: E402
-from nstd.features import VGGFeatures  # noqa: E402
-from nstd.framestore import FrameStore  # noqa: E402
-from nstd.losses import content_loss, gram_matrix, style_loss, tv_loss  # noqa: E402
-from nstd.pipeline import JobRequest, load_style_target, run_job, to_array, to_tensor  # noqa: E402
-from nstd.stylize import Stylizer, build_stylizer  # noqa: E402
-from nstd.video_job import output_size  # noqa: E402
-from nstd.weights import load_vgg19_state_dict  # noqa: E402
+from nstd.engine.features import VGGFeatures  # noqa: E402
+from nstd.engine.losses import content_loss, gram_matrix, style_loss, tv_loss  # noqa: E402
+from nstd.engine.stylizer import Stylizer, build_stylizer  # noqa: E402
+from nstd.engine.weights import load_vgg19_state_dict  # noqa: E402
+from nstd.job import JobRequest, to_array, to_tensor  # noqa: E402
+from nstd.media import container as video  # noqa: E402
+from nstd.pipeline import load_style_target, run_job  # noqa: E402
+from nstd.temporal.ewarp import evaluate_videos, warping_error  # noqa: E402
+from nstd.temporal.frames import output_size  # noqa: E402
+from nstd.temporal.store import FrameStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STYLE = REPO / "styles" / "mosaic.png"
@@ -156,7 +157,7 @@ def read_style(path: Path) -> torch.Tensor:
 class GatysBaseline:
     """Independent frames, plain Gatys: VGG-19 to relu5_1, fp32, torch.optim.LBFGS.
 
-    The loss is nstd's definition (nstd.losses with the config's layers and weights, style
+    The loss is nstd's definition (nstd.engine.losses with the config's layers and weights, style
     image resized so its longest side is style_scale x the output's, as nstd does), so one
     evaluator can judge both outputs.
     """

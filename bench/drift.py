@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nstd import video
 from nstd.config import parse_config
-from nstd.pipeline import JobRequest, run_job
-from nstd.stylize import build_stylizer
+from nstd.engine.stylizer import build_stylizer
+from nstd.job import JobRequest
+from nstd.media import container as video
+from nstd.pipeline import run_job
 from nstd.testing.media import write_test_clip
 from nstd.testing.weights import random_vgg19_file
 

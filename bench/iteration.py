@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from nstd.config import parse_config  # noqa: E402
-from nstd.features import VGGFeatures  # noqa: E402
-from nstd.stylize import Progress, Stylizer, resolve_device  # noqa: E402
-from nstd.weights import load_vgg19_state_dict  # noqa: E402
+from nstd.engine.features import VGGFeatures  # noqa: E402
+from nstd.engine.stylizer import Progress, Stylizer, resolve_device  # noqa: E402
+from nstd.engine.weights import load_vgg19_state_dict  # noqa: E402
 
 # Design estimate (../shared/DESIGN.md): forward + input gradient + Grams ~ 1.5 MFLOP/pixel.
 FLOP_PER_PIXEL = 1.5e6

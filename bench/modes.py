@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout
 from compare import DEFAULT_STYLE, RANDOM_WEIGHTS_NOTE, prepare_clip, say  # noqa: E402
 
 from nstd.config import apply_override, parse_config  # noqa: E402
-from nstd.evaluate import evaluate_videos  # noqa: E402
-from nstd.pipeline import JobRequest, run_job  # noqa: E402
-from nstd.stylize import build_stylizer  # noqa: E402
+from nstd.engine.stylizer import build_stylizer  # noqa: E402
+from nstd.job import JobRequest  # noqa: E402
+from nstd.pipeline import run_job  # noqa: E402
+from nstd.temporal.ewarp import evaluate_videos  # noqa: E402
 
 MODES = {
     "independent": {"init": "content", "temporal_weight": 0.0},

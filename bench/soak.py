@@ -58,7 +58,7 @@ KILL_VIDEO_FRAMES = 12
 def noticed_times(log: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for line in log.splitlines():
-        match = re.search(r" nstd.daemon: noticed (.+?)( \(scan\))?$", line)
+        match = re.search(r" nstd.daemon.supervisor: noticed (.+?)( \(scan\))?$", line)
         if match:
             found.setdefault(match.group(1), log_time(line))
     return found
@@ -171,7 +171,7 @@ def phase_long(root: Path, weights: Path, frames: int, busy_drops: int) -> dict[
         return {"frame": d, "seconds": round(t, 1), "rss_mib": round(r / 1024, 1)}
 
     noticed = noticed_times(log)
-    from nstd.video import count_frames
+    from nstd.media.container import count_frames
 
     return {
         "frames": frames, "wall_seconds": round(wall, 1),

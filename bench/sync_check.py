@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from nstd.config import parse_config  # noqa: E402
-from nstd.features import VGGFeatures  # noqa: E402
-from nstd.stylize import Stylizer, resolve_device  # noqa: E402
+from nstd.engine.features import VGGFeatures  # noqa: E402
+from nstd.engine.stylizer import Stylizer, resolve_device  # noqa: E402
 
 
 def count_syncs(stylizer: Stylizer, content: torch.Tensor, target: object,

@@ -2,6 +2,6 @@
 
 import sys
 
-from nstd.cli import main
+from nstd.cli.main import main
 
 sys.exit(main())

@@ -14,20 +14,20 @@ Actions: ``kill`` (SIGKILL, after one line on stderr naming the point), ``enospc
 ``erofs``, ``eacces``, ``eio`` (raise that OSError), ``oom`` (`nstd.errors.OutOfMemoryError`),
 ``cuda_oom`` (``torch.cuda.OutOfMemoryError``), ``error`` (RuntimeError).
 
-Points:
+Points (and where they are, under nstd/):
 
-    intake.settled         a file settled, before it is queued           nstd/daemon.py
-    ledger.claim           inside the claim transaction, before COMMIT   nstd/jobs.py
-    daemon.claimed         a job was claimed, before any work            nstd/daemon.py
-    job.heartbeat          the engine's heartbeat (inside Stylizer.run)  nstd/daemon.py
-    job.progress           every progress report (iterations, frames)    nstd/daemon.py
-    video.frame            a video frame was made and handed on to be    nstd/daemon.py
+    intake.settled         a file settled, before it is queued            daemon/supervisor.py
+    ledger.claim           inside the claim transaction, before COMMIT    daemon/ledger.py
+    daemon.claimed         a job was claimed, before any work             daemon/supervisor.py
+    job.heartbeat          the engine's heartbeat (inside Stylizer.run)   daemon/supervisor.py
+    job.progress           every progress report (iterations, frames)     daemon/supervisor.py
+    video.frame            a video frame was made and handed on to be     daemon/supervisor.py
                            stored and encoded (behind the engine)
-    publish.before_rename  output fsynced under its temp name            nstd/fsutil.py
-    publish.after_link     final name linked, temp name not yet removed  nstd/fsutil.py
-    daemon.completed       ledger says done, source not yet moved        nstd/daemon.py
-    outcome.sidecar_moved  sidecar moved to done/ or failed/, source not nstd/outcome.py
-    daemon.failed_marked   ledger says failed, source not yet moved      nstd/daemon.py
+    publish.before_rename  output fsynced under its temp name             media/files.py
+    publish.after_link     final name linked, temp name not yet removed   media/files.py
+    daemon.completed       ledger says done, source not yet moved         daemon/supervisor.py
+    outcome.sidecar_moved  sidecar moved to done/ or failed/, source not  daemon/outcome.py
+    daemon.failed_marked   ledger says failed, source not yet moved       daemon/supervisor.py
 
 Tests in the same process use `configure` (and `configure(None)` to reset).
 """

@@ -2,7 +2,7 @@
 
     image:  read (limits checked before decoding) -> resize to style.max_side -> Stylizer.run
             -> write under a temp name in the output folder -> rename (never overwrite)
-    video:  see `nstd.video_job` (probe/plan -> per-frame loop with stored frames -> encode)
+    video:  see `nstd.temporal.frames` (probe/plan -> per-frame loop with stored frames -> encode)
 
 The CLI (`nstd stylize`) and the daemon both call `run_job`. Nothing here prints: progress
 goes out through a callback, and errors are `nstd.errors` classes with one-line messages.
@@ -12,69 +12,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from nstd import images, video
 from nstd.config import Config
+from nstd.engine.stylizer import Progress, StyleTarget, Stylizer
 from nstd.errors import InputError, OutputError, UsageError
+from nstd.job import (
+    Heartbeat,
+    JobReport,
+    JobRequest,
+    ProgressCallback,
+    StopCheck,
+    to_array,
+    to_tensor,
+)
+from nstd.media import container as video
+from nstd.media import images
 from nstd.progress import JobProgress
-from nstd.stylize import Progress, StyleTarget, Stylizer
-
-ProgressCallback = Callable[[JobProgress], None]
-StopCheck = Callable[[], bool]
-Heartbeat = Callable[[], None]
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """Everything one stylization job needs besides the engine."""
-
-    source: Path
-    output: Path
-    styles: tuple[Path, ...]
-    blend: tuple[float, ...]
-    config: Config
-    overwrite: bool = False
-    work_dir: Path | None = None  # videos: where stored frames live (default: next to output)
-    restart: bool = False  # videos: discard stored frames instead of resuming
-
-
-@dataclass
-class JobReport:
-    """What a finished job reports (`--json` prints `as_dict()`)."""
-
-    kind: str
-    output: Path
-    seconds: float
-    iterations: int
-    initial_loss: float
-    final_loss: float
-    losses: dict[str, float]
-    width: int
-    height: int
-    device: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {
-            "kind": self.kind,
-            "output": str(self.output),
-            "seconds": round(self.seconds, 3),
-            "iterations": self.iterations,
-            "initial_loss": self.initial_loss,
-            "final_loss": self.final_loss,
-            "losses": self.losses,
-            "width": self.width,
-            "height": self.height,
-            "device": self.device,
-        }
-        data.update(self.extra)
-        return data
 
 
 def media_kind(path: Path) -> str:
@@ -125,7 +81,7 @@ def run_job(
     target = load_style_target(stylizer, request)
     if kind == "image":
         return stylize_image_file(request, stylizer, target, progress, should_stop, heartbeat)
-    from nstd.video_job import stylize_video_file  # flow and video imports only when needed
+    from nstd.temporal.frames import stylize_video_file  # flow and video imports only when needed
 
     return stylize_video_file(request, stylizer, target, progress, should_stop, heartbeat)
 
@@ -215,14 +171,3 @@ def _iteration_progress(progress: ProgressCallback | None, started: float,
                                     f"{p.size[1]}x{p.size[0]}"))
 
     return report
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) float32 or uint8 RGB -> (1, 3, H, W) float32 in [0, 1] (a copy)."""
-    array = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0)
-
-
-def to_array(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) float in [0, 1] -> (H, W, 3) float32 in [0, 1] on the CPU."""
-    return image.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()

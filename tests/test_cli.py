@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nstd.cli import main
+from nstd.cli.main import main
 
 FAST = ["--set", "style.max_side=40", "--set", "style.iterations=6",
         "--set", "style.coarse_iterations=3", "--set", "style.min_scale_side=16"]

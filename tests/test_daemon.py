@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
 
-from nstd import outcome
-from nstd.cli import main
+from nstd.cli.main import main
 from nstd.config import Config, parse_config
-from nstd.daemon import Daemon, check_folders
+from nstd.daemon import outcome
+from nstd.daemon.intake import read_sidecar, resolve_style
+from nstd.daemon.ledger import Ledger, ledger_path
+from nstd.daemon.notify import SystemdNotifier
+from nstd.daemon.supervisor import Daemon, check_folders
 from nstd.errors import (
     ConfigError,
     InputError,
@@ -29,11 +32,8 @@ from nstd.errors import (
     OutOfMemoryError,
     TransientError,
 )
-from nstd.images import write_image
-from nstd.intake import read_sidecar, resolve_style
-from nstd.jobs import Ledger, ledger_path
-from nstd.notify import SystemdNotifier
-from nstd.pipeline import JobReport, JobRequest
+from nstd.job import JobReport, JobRequest
+from nstd.media.images import write_image
 from nstd.progress import JobProgress
 from nstd.testing.media import write_test_image
 
@@ -662,7 +662,7 @@ def test_retry_moves_the_file_back_and_requeues_it(rig: Rig,
 
 
 def test_engine_cache_loads_once_and_reuses_extractors(vgg_weights_path: Path) -> None:
-    from nstd.engines import EngineCache
+    from nstd.daemon.engines import EngineCache
 
     config = parse_config({"model": {"weights": str(vgg_weights_path), "device": "cpu"}})
     engines = EngineCache.load(config.model)

@@ -220,7 +220,7 @@ def test_video_survives_kill_9_and_sigterm_and_finishes_once(site: Path, daemons
     outbox = site / "data" / "outbox"
     assert listing(outbox) == ["mosaic/clip.mosaic.mp4"]  # exactly one, no temp files left
 
-    from nstd.video import count_frames
+    from nstd.media.container import count_frames
 
     assert count_frames(outbox / "mosaic" / "clip.mosaic.mp4") == FRAMES
     assert listing(site / "data" / "done") == ["mosaic/clip.mp4", "mosaic/clip.mp4.yaml"]

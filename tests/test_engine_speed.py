@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from nstd.config import parse_config
-from nstd.features import VGGFeatures
-from nstd.optim import SyncFreeLBFGS
-from nstd.stylize import Stylizer
-from nstd.weights import load_vgg19_state_dict
+from nstd.engine.features import VGGFeatures
+from nstd.engine.optim import SyncFreeLBFGS
+from nstd.engine.stylizer import Stylizer
+from nstd.engine.weights import load_vgg19_state_dict
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nstd.errors import InputError
-from nstd.evaluate import (
+from nstd.temporal.ewarp import (
     WarpingErrorMeter,
     evaluate_videos,
     farneback_flow,

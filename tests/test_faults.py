@@ -32,13 +32,13 @@ import pytest
 from watchdog.events import FileCreatedEvent
 
 from nstd import faults
-from nstd.cli import main
+from nstd.cli.main import main
 from nstd.config import parse_config
-from nstd.daemon import Daemon, check_folders
+from nstd.daemon.ledger import Ledger, ledger_path
+from nstd.daemon.supervisor import Daemon, check_folders
 from nstd.errors import InputError, OutOfMemoryError
-from nstd.images import read_image, write_image
-from nstd.jobs import Ledger, ledger_path
-from nstd.pipeline import JobReport, JobRequest
+from nstd.job import JobReport, JobRequest
+from nstd.media.images import read_image, write_image
 from nstd.testing.media import write_test_clip, write_test_image
 from nstd.testing.site import Site, checksums, kill_all, listing, temp_files
 
@@ -304,7 +304,7 @@ def test_the_disk_fills_up_during_a_video_then_space_returns(
     filler.unlink()
     daemon.wait_log("source moved to", 90)
     assert listing(site.outbox) == ["mosaic/v.mosaic.mp4"]
-    from nstd.video import count_frames
+    from nstd.media.container import count_frames
 
     assert count_frames(site.outbox / "mosaic" / "v.mosaic.mp4") == 16
     assert checksums(site.done) == sources
@@ -457,7 +457,7 @@ def test_the_ledger_deleted_while_stopped_is_rebuilt_from_the_folders(
 
 def test_cuda_out_of_memory_inside_the_engine_is_retried_smaller(
         tmp_path: Path, vgg_weights_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from nstd.engines import EngineCache
+    from nstd.daemon.engines import EngineCache
 
     model = parse_config({"model": {"weights": str(vgg_weights_path), "device": "cpu"}}).model
     rig = Rig(tmp_path, engines=EngineCache.load(model), real=True,
@@ -546,7 +546,7 @@ def drop_chain_file(site: Site, rel: str) -> None:
 
 def check_outbox_complete(site: Site) -> None:
     """Every visible file in the outbox is a complete output (temp files are hidden)."""
-    from nstd.video import count_frames
+    from nstd.media.container import count_frames
 
     for rel in listing(site.outbox):
         if Path(rel).name.startswith("."):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from nstd.engine.features import VGG19_LAYERS, VGGFeatures, check_vgg19_state_dict, state_dict_key
 from nstd.errors import ConfigError, WeightsError
-from nstd.features import VGG19_LAYERS, VGGFeatures, check_vgg19_state_dict, state_dict_key
 from nstd.testing.weights import random_vgg19_state_dict
 
 

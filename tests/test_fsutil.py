@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nstd import fsutil
 from nstd.errors import OutputError, TransientError
+from nstd.media import files as fsutil
 
 
 def test_temp_path_is_hidden_in_the_same_folder(tmp_path: Path) -> None:

@@ -225,8 +225,8 @@ def test_every_hostile_input_ends_in_a_defined_state(
 def test_a_file_that_keeps_growing_is_never_taken_and_is_logged(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from nstd.config import parse_config
-    from nstd.daemon import Daemon, check_folders
-    from nstd.jobs import Ledger, ledger_path
+    from nstd.daemon.ledger import Ledger, ledger_path
+    from nstd.daemon.supervisor import Daemon, check_folders
 
     (tmp_path / "styles").mkdir()
     write_test_image(tmp_path / "styles" / "mosaic.png", size=(16, 16))
@@ -272,8 +272,8 @@ def test_decoders_refuse_oversized_inputs_before_decoding(tmp_path: Path) -> Non
 
     from nstd.config import LimitsConfig
     from nstd.errors import InputError
-    from nstd.images import read_image
-    from nstd.video import probe_video
+    from nstd.media.container import probe_video
+    from nstd.media.images import read_image
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(crafted_png_header(40000, 40000))

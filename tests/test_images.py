@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from nstd import fsutil, images
 from nstd.errors import InputError, OutputError, TransientError, UsageError
+from nstd.media import files as fsutil
+from nstd.media import images
 from nstd.testing.media import crafted_png_header, truncate_file, write_test_image
 
 MAX = 10_000_000

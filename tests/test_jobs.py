@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nstd.errors import InputError, NstdError
-from nstd.jobs import (
+from nstd.daemon.ledger import (
     MAX_BACKOFF_SECONDS,
     SCHEMA_VERSION,
     DaemonLock,
@@ -22,6 +21,7 @@ from nstd.jobs import (
     content_key,
     ledger_path,
 )
+from nstd.errors import InputError, NstdError
 
 
 @pytest.fixture
@@ -318,7 +318,8 @@ def test_readonly_open_by_another_user_of_a_stopped_ledger() -> None:
         with Ledger.open(folder / "jobs.sqlite3") as writer:
             writer.enqueue("a.png", "k", "mosaic", {}, now=1.0)
         folder.chmod(0o555)  # nobody may create files here now
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); from nstd.jobs import Ledger; "
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from nstd.daemon.ledger import Ledger; "
                 "print(Ledger.open(sys.argv[2], readonly=True).counts()['queued'])")
         cmd = [sys.executable, "-c", code, str(Path(__file__).resolve().parents[1]),
                str(folder / "jobs.sqlite3")]

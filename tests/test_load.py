@@ -71,7 +71,7 @@ def test_many_files_at_once_are_each_processed_exactly_once(
     # Noticed promptly, memory bounded (figures printed for the record: pytest -s).
     noticed = {}
     for line in log.splitlines():
-        match = re.search(r" nstd.daemon: noticed (\S+)$", line)
+        match = re.search(r" nstd.daemon.supervisor: noticed (\S+)$", line)
         if match:
             noticed.setdefault(match.group(1), log_time(line))
     latencies = sorted(noticed[rel] - dropped[rel] for rel in sources)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nstd.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
 
 
 def test_gram_normalized_by_channels_and_positions() -> None:

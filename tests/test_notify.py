@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nstd.notify import SystemdNotifier, watchdog_interval
+from nstd.daemon.notify import SystemdNotifier, watchdog_interval
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_unset_is_a_silent_no_op() -> None:
 
 
 def test_unsupported_address_is_a_no_op(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="nstd.notify"):
+    with caplog.at_level(logging.WARNING, logger="nstd.daemon.notify"):
         notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not notifier.enabled and notifier.ready() is False
     assert "not supported" in caplog.text
@@ -80,7 +80,7 @@ def test_missing_socket_never_raises_and_logs_once(
         listener: tuple[socket.socket, str]) -> None:
     gone = str(tmp_path / "gone.sock")
     notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": gone})
-    with caplog.at_level(logging.WARNING, logger="nstd.notify"):
+    with caplog.at_level(logging.WARNING, logger="nstd.daemon.notify"):
         for _ in range(5):
             assert notifier.watchdog() is False
     assert len([r for r in caplog.records if "cannot notify" in r.getMessage()]) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nstd.optim import SyncFreeLBFGS
+from nstd.engine.optim import SyncFreeLBFGS
 
 
 def problem(n: int = 24, seed: int = 0):

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from nstd.config import parse_config
-from nstd.errors import ConfigError, Interrupted, NstdError, UsageError
-from nstd.features import VGGFeatures
-from nstd.stylize import (
+from nstd.engine.features import VGGFeatures
+from nstd.engine.stylizer import (
     Stylizer,
     TemporalTerm,
     _Tracker,
@@ -21,7 +20,8 @@ from nstd.stylize import (
     resolve_device,
     rgb_to_yiq,
 )
-from nstd.weights import load_vgg19_state_dict
+from nstd.engine.weights import load_vgg19_state_dict
+from nstd.errors import ConfigError, Interrupted, NstdError, UsageError
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nstd.temporal import (
+from nstd.temporal.flow import (
     DEFAULT_SCENE_CUT_THRESHOLD,
     FlowEstimator,
     Prior,

@@ -14,9 +14,10 @@ import av
 import numpy as np
 import pytest
 
-from nstd import fsutil, video
 from nstd.config import LimitsConfig
 from nstd.errors import InputError, OutputError, UsageError
+from nstd.media import container as video
+from nstd.media import files as fsutil
 from nstd.testing.media import (
     frames_close,
     make_test_frames,
@@ -106,7 +107,7 @@ def test_audio_reencoded_when_container_refuses_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = write_test_clip(tmp_path / "pcm.mkv", frames=12, audio=True, audio_codec="pcm_s16le")
-    with caplog.at_level(logging.WARNING, logger="nstd.video"):
+    with caplog.at_level(logging.WARNING, logger="nstd.media.container"):
         info, _ = _round_trip(src, tmp_path / "out.mp4")
     assert "re-encoding it to AAC" in caplog.text
     (codec, seconds), = _audio_span(tmp_path / "out.mp4")

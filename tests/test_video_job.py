@@ -13,15 +13,16 @@ import av
 import numpy as np
 import pytest
 
-from nstd import video
 from nstd.config import Config, parse_config
+from nstd.engine.stylizer import build_stylizer
 from nstd.errors import Interrupted, UsageError
-from nstd.evaluate import evaluate_videos
-from nstd.framestore import FrameStore
-from nstd.pipeline import JobRequest, run_job
-from nstd.stylize import build_stylizer
+from nstd.job import JobRequest
+from nstd.media import container as video
+from nstd.pipeline import run_job
+from nstd.temporal.ewarp import evaluate_videos
+from nstd.temporal.frames import default_work_dir, output_size
+from nstd.temporal.store import FrameStore
 from nstd.testing.media import write_test_clip, write_test_image
-from nstd.video_job import default_work_dir, output_size
 
 
 def tiny_config(weights: Path, **video_keys: object) -> Config:

@@ -20,7 +20,7 @@ from watchdog.events import (
     FileMovedEvent,
 )
 
-from nstd.watch import (
+from nstd.daemon.watch import (
     InboxEventHandler,
     StabilityTracker,
     is_candidate_name,
@@ -83,7 +83,7 @@ def test_scan_skips_symlinks_and_fifos(tmp_path: Path, caplog: pytest.LogCapture
     (inbox / "link.png").symlink_to(secret)
     (inbox / "linkdir").symlink_to(outside, target_is_directory=True)
     os.mkfifo(inbox / "pipe.mp4")
-    with caplog.at_level(logging.INFO, logger="nstd.watch"):
+    with caplog.at_level(logging.INFO, logger="nstd.daemon.watch"):
         first = list(scan_inbox(inbox))  # must not block on the FIFO
         second = list(scan_inbox(inbox))
     assert first == second == [inbox / "real.png"]
@@ -115,7 +115,7 @@ def test_scan_skips_unreadable_folder(tmp_path: Path, monkeypatch: pytest.Monkey
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr("nstd.watch.os.scandir", scandir)
+    monkeypatch.setattr("nstd.daemon.watch.os.scandir", scandir)
     assert [p.name for p in scan_inbox(inbox)] == ["b.png"]
 
 
@@ -189,7 +189,7 @@ def test_file_growing_forever_is_never_due_and_logged_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "endless.mp4", b"")
     tracker = StabilityTracker(settle_seconds=5.0, warn_after=60.0)
-    with caplog.at_level(logging.WARNING, logger="nstd.watch"):
+    with caplog.at_level(logging.WARNING, logger="nstd.daemon.watch"):
         for step in range(100):
             now = step * 2.0
             with path.open("ab") as f:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nstd import weights
+from nstd.engine import weights
 from nstd.errors import WeightsError
 from nstd.testing.weights import random_vgg19_state_dict, write_random_vgg19
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nstd import fsutil
+from nstd.media import files as fsutil
 from nstd.testing.media import write_test_image
 
 DEFAULTS: dict[str, Any] = {
@@ -253,8 +253,8 @@ def checksums(folder: Path) -> dict[str, str]:
 
 
 def temp_files(root: Path, *, outside: Path | None = None) -> list[str]:
-    """Our temp files (`nstd.fsutil.is_temp_path`) below ``root``, except under ``outside``."""
-    from nstd.fsutil import is_temp_path
+    """Our temp files (`nstd.media.files.is_temp_path`) below ``root``, except under ``outside``."""
+    from nstd.media.files import is_temp_path
 
     found = []
     for path in root.rglob("*"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nstd.features import CONV_LAYERS, VGG19_WIDTHS, block_of, state_dict_key
+from nstd.engine.features import CONV_LAYERS, VGG19_WIDTHS, block_of, state_dict_key
 
 
 def random_vgg19_state_dict(*, seed: int = 0, width_divisor: int = 1) -> dict[str, torch.Tensor]:

@@ -9,44 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nstd.config import Config, load_config
+from nstd.cli.common import StopFlag, config_from_args, setup_logging
 from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("nstd")
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM: the first signal asks work to stop at the next safe point,
-    a second one aborts at once (KeyboardInterrupt)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def __call__(self) -> bool:
-        return self._event.is_set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def install(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            if self._event.is_set():
-                raise KeyboardInterrupt
-            log.warning("%s received: stopping at the next safe point (again to abort)",
-                        signal.Signals(signum).name)
-            self._event.set()
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
 
 
 # --------------------------------------------------------------------------- parser
@@ -101,22 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 def add_daemon_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """`run`, `status`, `retry`: registered only where the daemon modules are installed."""
     try:
-        from nstd import daemon_cli
+        from nstd.cli import daemon as daemon_cli
     except ImportError:
         return
     daemon_cli.register(sub, common)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = list(args.overrides)
-    if getattr(args, "weights", None):
-        overrides.append(f"model.weights={json.dumps(str(Path(args.weights).absolute()))}")
-    if getattr(args, "device", None):
-        overrides.append(f"model.device={args.device}")
-    return load_config(args.config, overrides)
 
 
 def parse_blend(text: str | None, count: int) -> tuple[float, ...]:
@@ -134,21 +98,14 @@ def parse_blend(text: str | None, count: int) -> tuple[float, ...]:
     return weights
 
 
-def setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
-    from nstd.pipeline import JobRequest, default_output, media_kind, run_job
+    from nstd.engine.stylizer import build_stylizer
+    from nstd.job import JobRequest
+    from nstd.pipeline import default_output, media_kind, run_job
     from nstd.progress import ProgressPrinter
-    from nstd.stylize import build_stylizer
 
     config = config_from_args(args)
     for path in [args.content, *args.style]:
@@ -184,7 +141,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from nstd import weights
+    from nstd.engine import weights
 
     config = config_from_args(args)
     if args.action == "fetch":
@@ -202,7 +159,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_temporal(args: argparse.Namespace) -> int:
-    from nstd.evaluate import evaluate_videos
+    from nstd.temporal.ewarp import evaluate_videos
 
     for path in (args.source, args.stylized):
         if not path.is_file():

@@ -36,11 +36,10 @@ import cv2
 import numpy as np
 import torch
 
-from nstd import fsutil, temporal, video
 from nstd.config import Config, to_mapping
+from nstd.engine.stylizer import StyleTarget, Stylizer, TemporalTerm
 from nstd.errors import InputError, Interrupted, OutputError
-from nstd.framestore import FrameStore
-from nstd.pipeline import (
+from nstd.job import (
     Heartbeat,
     JobReport,
     JobRequest,
@@ -49,8 +48,20 @@ from nstd.pipeline import (
     to_array,
     to_tensor,
 )
+from nstd.media import container as video
+from nstd.media import files as fsutil
 from nstd.progress import JobProgress
-from nstd.stylize import StyleTarget, Stylizer, TemporalTerm
+from nstd.temporal.flow import (
+    FlowEstimator,
+    Motion,
+    Prior,
+    combine_long_term,
+    estimate_motion,
+    plan_segments,
+    scene_cut_score,
+    warp_prior,
+)
+from nstd.temporal.store import FrameStore
 from nstd.threads import Drain, Prefetch
 
 log = logging.getLogger(__name__)
@@ -83,8 +94,8 @@ class _Finished:
 class FrameMotion:
     """Priors' motion for frame t: from t-1 (`short`) and from t-LONG_TERM_GAP (`long`)."""
 
-    short: temporal.Motion | None
-    long: temporal.Motion | None
+    short: Motion | None
+    long: Motion | None
 
 
 def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -170,12 +181,12 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config) -> dict[str,
     count = 0
     for frame in video.iter_frames(source, info):
         small = _thumbnail(frame.rgb)
-        if previous is not None and temporal.scene_cut_score(previous, small) > \
+        if previous is not None and scene_cut_score(previous, small) > \
                 config.video.scene_cut_threshold:
             cuts.append(frame.index)
         previous = small
         count += 1
-    segments = temporal.plan_segments(cuts, count, config.video.max_segment_frames)
+    segments = plan_segments(cuts, count, config.video.max_segment_frames)
     log.info("%s: %d frames, %d scene cuts, %d segments", source.name, count, len(cuts),
              len(segments))
     return {"frames": count, "cuts": cuts, "segments": [asdict(s) for s in segments]}
@@ -207,7 +218,7 @@ class FrameLoop:
         self.should_stop = should_stop or (lambda: False)
         beat = heartbeat
         self.tick = (lambda _progress: beat()) if beat is not None else None
-        self.flow = temporal.FlowEstimator("medium")
+        self.flow = FlowEstimator("medium")
         # (input uint8, stylized float32) of the last LONG_TERM_GAP frames, newest last.
         self.history: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=LONG_TERM_GAP)
         self.shot_start = 0
@@ -232,10 +243,10 @@ class FrameLoop:
 
     def _motion(self, index: int, current: np.ndarray, recent: list[np.ndarray]) -> FrameMotion:
         """Flows for frame `index` from the inputs only (runs in the flow thread)."""
-        short = temporal.estimate_motion(recent[-1], current, self.flow) if recent else None
+        short = estimate_motion(recent[-1], current, self.flow) if recent else None
         long = None
         if self.video_cfg.long_term and len(recent) >= LONG_TERM_GAP:
-            long = temporal.estimate_motion(recent[-LONG_TERM_GAP], current, self.flow)
+            long = estimate_motion(recent[-LONG_TERM_GAP], current, self.flow)
         return FrameMotion(short, long)
 
     # ----------------------------------------------------------------- the loop
@@ -358,17 +369,17 @@ class FrameLoop:
         return to_array(result.image), record
 
     def _priors(self, index: int, motion: FrameMotion | None,
-                previous: np.ndarray) -> list[temporal.Prior]:
+                previous: np.ndarray) -> list[Prior]:
         """Warped earlier stylized frames with their masks (nearest first)."""
         if motion is None or motion.short is None:
             # init 'previous' or 'content' without a temporal loss: no flow was computed.
             ones = np.ones(previous.shape[:2], np.float32)
-            return [temporal.Prior(previous, ones)]
-        priors = [temporal.warp_prior(previous, motion.short, PRIOR_INTERPOLATION)]
+            return [Prior(previous, ones)]
+        priors = [warp_prior(previous, motion.short, PRIOR_INTERPOLATION)]
         if motion.long is not None and index - LONG_TERM_GAP >= self.shot_start:
             older = self.history[-LONG_TERM_GAP][1]
-            priors.append(temporal.warp_prior(older, motion.long, PRIOR_INTERPOLATION))
-            priors = temporal.combine_long_term(priors, mode="anchor")
+            priors.append(warp_prior(older, motion.long, PRIOR_INTERPOLATION))
+            priors = combine_long_term(priors, mode="anchor")
         return priors
 
     # ----------------------------------------------------------------- report

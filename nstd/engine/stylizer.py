@@ -14,7 +14,7 @@ Choices that depart from the paper or from common code, and why:
 - L-BFGS is stepped one iteration per `step()` call (max_iter=1, no line search): each
   iteration is exactly one forward+backward pass, so budgets are predictable and progress,
   early stopping and `should_stop` are checked every iteration. Its state persists between
-  calls, so this is the same algorithm as one long call. It is `nstd.optim.SyncFreeLBFGS`:
+  calls, so this is the same algorithm as one long call. It is `nstd.engine.optim.SyncFreeLBFGS`:
   torch.optim.LBFGS's iterates without its per-step host synchronisations.
 - Nothing in the iteration loop reads a value back to the host on CUDA: loss values are
   copied to pinned memory asynchronously and read `lag` iterations later (see `_Tracker`).
@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nstd.config import ModelConfig, StyleConfig
+from nstd.engine.features import VGGFeatures
+from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.engine.optim import SyncFreeLBFGS
+from nstd.engine.weights import load_vgg19_state_dict
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
-from nstd.features import VGGFeatures
-from nstd.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
-from nstd.optim import SyncFreeLBFGS
-from nstd.weights import load_vgg19_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -646,7 +646,7 @@ class Stylizer:
     def _optimizer(self, x: Tensor) -> torch.optim.Optimizer | SyncFreeLBFGS:
         if self.style.optimizer == "adam":
             return torch.optim.Adam([x], lr=self.style.learning_rate)
-        # torch.optim.LBFGS's iterates, without its host syncs (nstd.optim explains).
+        # torch.optim.LBFGS's iterates, without its host syncs (nstd.engine.optim explains).
         return SyncFreeLBFGS(x, history=self.style.lbfgs_history, lr=1.0)
 
     def _finish(self, problem: _Problem, x: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from nstd.errors import InputError
-from nstd.temporal import warp
+from nstd.temporal.flow import warp
 
 __all__ = ["WarpingErrorMeter", "evaluate_videos", "farneback_flow", "lai_mask",
            "warping_error"]
@@ -195,7 +195,7 @@ def _iter_rgb(path: Path) -> Iterator[np.ndarray]:
     """Decode the first video stream of ``path`` as uint8 (H, W, 3) RGB frames, in order.
 
     Minimal local decoder (PyAV); rotation metadata is not applied, which is harmless here as
-    long as both videos carry the same rotation. To be replaced by nstd.video.iter_frames.
+    long as both videos carry the same rotation. To be replaced by nstd.media.container.iter_frames.
     """
     import av
 

@@ -7,7 +7,7 @@ reusing the truncated feature extractor for the same layers and pooling (buildin
 the weights, which takes longer than a small job).
 
 What a job may not change: the weights file and the device are the daemon's (see
-`nstd.intake`, which refuses those sidecar keys).
+`nstd.daemon.intake`, which refuses those sidecar keys).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from nstd.config import Config, ModelConfig
-from nstd.features import VGGFeatures
-from nstd.stylize import Stylizer, device_options, resolve_device
-from nstd.weights import describe_weights, load_vgg19_state_dict
+from nstd.engine.features import VGGFeatures
+from nstd.engine.stylizer import Stylizer, device_options, resolve_device
+from nstd.engine.weights import describe_weights, load_vgg19_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class EngineCache:
     def stylizer(self, config: Config) -> Stylizer:
         """A Stylizer for one job's settings (its style section, pooling and precision).
 
-        bf16, channels_last and compile apply on CUDA only (`nstd.stylize.device_options`).
+        bf16, channels_last and compile apply on CUDA only (`nstd.engine.stylizer.device_options`).
         """
         style = config.style
         features = self.features((style.content_layer, *style.style_layers),

@@ -31,7 +31,7 @@ import yaml
 
 from nstd.config import Config, merge_overrides
 from nstd.errors import ConfigError, InputError
-from nstd.images import IMAGE_EXTENSIONS
+from nstd.media.images import IMAGE_EXTENSIONS
 
 SIDECAR_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 SIDECAR_MAX_BYTES = 64 * 1024

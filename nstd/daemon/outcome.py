@@ -12,7 +12,7 @@ A source is only ever moved or deleted when its content key still matches the jo
 replaced while its job ran is a new job and is left where it is. Moves never overwrite (a
 numbered name is taken instead) and work across filesystems (copy, fsync, rename, unlink).
 The error report and the sidecar move first and the source last, so a crash in between leaves
-the source in the inbox, where the restarted daemon finishes the move (nstd.daemon).
+the source in the inbox, where the restarted daemon finishes the move (nstd.daemon.supervisor).
 
 Output names are cut to `MAX_NAME_BYTES` so a source named near the filesystem's limit still
 gets an output. `rebuild_ledger` recovers finished jobs from done/ and failed/ when the
@@ -32,12 +32,12 @@ from typing import Any
 
 import yaml
 
-from nstd import fsutil
 from nstd.config import Config, LimitsConfig
+from nstd.daemon.intake import folder_style, sidecar_for
+from nstd.daemon.ledger import Job, Ledger, content_key
 from nstd.errors import InputError, OutputError
 from nstd.faults import failpoint
-from nstd.intake import folder_style, sidecar_for
-from nstd.jobs import Job, Ledger, content_key
+from nstd.media import files as fsutil
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,14 @@ def verify_output(path: Path, kind: str, limits: LimitsConfig,
     if not path.is_file():
         raise OutputError(f"the output {path} is missing")
     if kind == "image":
-        from nstd.images import read_image
+        from nstd.media.images import read_image
 
         try:
             read_image(path, limits.max_pixels)
         except InputError as exc:
             raise OutputError(f"the output {path.name} does not decode ({exc})") from None
         return
-    from nstd import video
+    from nstd.media import container as video
 
     if expected_frames is None:
         if source is None:
@@ -354,7 +354,7 @@ def rebuild_ledger(ledger: Ledger, config: Config, now: float) -> tuple[int, int
 
 
 def _media_files(folder: Path) -> list[tuple[str, Path]]:
-    from nstd.watch import is_candidate_name
+    from nstd.daemon.watch import is_candidate_name
 
     found = []
     if not folder.is_dir():
@@ -369,7 +369,7 @@ def _media_files(folder: Path) -> list[tuple[str, Path]]:
 
 
 def _guess_output(outbox: Path, rel: str, style: str) -> str | None:
-    from nstd.images import IMAGE_EXTENSIONS
+    from nstd.media.images import IMAGE_EXTENSIONS
 
     kind = "image" if Path(rel).suffix.lower() in IMAGE_EXTENSIONS else "video"
     base = output_base(outbox, rel, style, kind)

@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from nstd import fsutil
 from nstd.errors import InputError, TransientError, UsageError
+from nstd.media import files as fsutil
 
 log = logging.getLogger(__name__)
 

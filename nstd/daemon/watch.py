@@ -25,8 +25,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from nstd.images import IMAGE_EXTENSIONS
-from nstd.video import VIDEO_EXTENSIONS
+from nstd.media.container import VIDEO_EXTENSIONS
+from nstd.media.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`nstd run`, `nstd status [--json]`, `nstd retry NAME|--all`: the daemon's sub-commands.
 
-`nstd.cli` registers them (`register`) and maps errors to exit codes: refusing to start
+`nstd.cli.main` registers them (`register`) and maps errors to exit codes: refusing to start
 (overlapping or unwritable folders, missing default style, weights that cannot be resolved, a
 second daemon on the same state folder) is a `ConfigError` / `UsageError`, exit 2, which the
 systemd unit does not restart (`RestartPreventExitStatus=2`).
@@ -20,8 +20,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from nstd.daemon.ledger import DaemonLock, Job, Ledger, ledger_path
 from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
-from nstd.jobs import DaemonLock, Job, Ledger, ledger_path
 from nstd.progress import format_duration
 
 log = logging.getLogger("nstd.daemon")
@@ -78,8 +78,8 @@ def _source(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nstd.cli import config_from_args
-    from nstd.daemon import Daemon, check_folders
+    from nstd.cli.common import config_from_args
+    from nstd.daemon.supervisor import Daemon, check_folders
 
     config = config_from_args(args)
     for handler in logging.getLogger().handlers:
@@ -92,8 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     try:
         with Ledger.open(ledger_path(config.daemon.state)) as ledger:
-            from nstd.engines import EngineCache
-            from nstd.notify import SystemdNotifier
+            from nstd.daemon.engines import EngineCache
+            from nstd.daemon.notify import SystemdNotifier
 
             try:
                 engines = EngineCache.load(config.model)
@@ -225,7 +225,7 @@ def format_status(data: dict[str, Any], now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from nstd.cli import config_from_args
+    from nstd.cli.common import config_from_args
 
     config = config_from_args(args)
     now = time.time()
@@ -242,9 +242,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from nstd.cli import config_from_args
-    from nstd.intake import SIDECAR_SUFFIXES, decide
-    from nstd.outcome import ERROR_SUFFIX, find_failed_file, move_file
+    from nstd.cli.common import config_from_args
+    from nstd.daemon.intake import SIDECAR_SUFFIXES, decide
+    from nstd.daemon.outcome import ERROR_SUFFIX, find_failed_file, move_file
 
     config = config_from_args(args)
     d = config.daemon

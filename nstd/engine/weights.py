@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from nstd.engine.features import check_vgg19_state_dict
 from nstd.errors import WeightsError
-from nstd.features import check_vgg19_state_dict
 
 log = logging.getLogger(__name__)
 

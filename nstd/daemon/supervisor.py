@@ -29,7 +29,7 @@ ledger itself cannot be written (``sqlite3.Error``: the disk is full), nothing i
 about the job: the loop pauses (1 s, doubling to a minute), then puts the job back and goes on.
 
 Left alone (logged once, never moved): symlinks, FIFOs and devices, names that are not media,
-folders nested deeper than `nstd.watch.MAX_DEPTH`, files still changing, and zero-byte files
+folders nested deeper than `nstd.daemon.watch.MAX_DEPTH`, files still changing, and zero-byte files
 (usually a copy that has not started writing; taken once they have content).
 
 The inbox folder itself may vanish (deleted, or a mount that went away): the daemon waits for
@@ -51,8 +51,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nstd import fsutil, outcome
 from nstd.config import Config
+from nstd.daemon import outcome
+from nstd.daemon.intake import job_config, relative_source, resolve_style, style_label, take
+from nstd.daemon.ledger import Job, Ledger, content_key
+from nstd.daemon.notify import SystemdNotifier, watchdog_interval
+from nstd.daemon.watch import (
+    InboxEventHandler,
+    StabilityTracker,
+    log_once,
+    regular_signature,
+    scan_inbox,
+    start_observer,
+)
 from nstd.errors import (
     ConfigError,
     InputError,
@@ -64,18 +75,8 @@ from nstd.errors import (
     UsageError,
 )
 from nstd.faults import failpoint
-from nstd.intake import job_config, relative_source, resolve_style, style_label, take
-from nstd.jobs import Job, Ledger, content_key
-from nstd.notify import SystemdNotifier, watchdog_interval
+from nstd.media import files as fsutil
 from nstd.progress import JobProgress, describe, format_duration
-from nstd.watch import (
-    InboxEventHandler,
-    StabilityTracker,
-    log_once,
-    regular_signature,
-    scan_inbox,
-    start_observer,
-)
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +579,8 @@ class Daemon:
             self._running = None
 
     def _attempt(self, job: Job, path: Path) -> None:
-        from nstd.pipeline import JobRequest, media_kind
+        from nstd.job import JobRequest
+        from nstd.pipeline import media_kind
 
         config = job_config(self.config, job.settings, self.inbox)
         style_path = resolve_style(self.styles, job.style)

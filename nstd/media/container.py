@@ -49,8 +49,8 @@ import av
 import cv2
 import numpy as np
 
-from nstd import fsutil
 from nstd.errors import InputError, OutputError, TransientError, UsageError
+from nstd.media import files as fsutil
 
 if TYPE_CHECKING:
     from nstd.config import LimitsConfig

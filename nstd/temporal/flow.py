@@ -2,7 +2,7 @@
 
 Everything here is numpy/OpenCV maths on frames; nothing decodes, encodes or touches torch.
 
-Conventions (shared with the pipeline and nstd/evaluate.py):
+Conventions (shared with the pipeline and nstd/temporal/ewarp.py):
 
 - Frames: numpy uint8 (H, W, 3) RGB. Stylized frames: float32 (H, W, 3) RGB in [0, 1].
   BGR exists only inside OpenCV calls.
