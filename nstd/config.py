@@ -434,13 +434,3 @@ def to_mapping(config: Config) -> dict[str, Any]:
                for f in dataclasses.fields(SECTIONS[name])}
         for name in SECTIONS
     }
-
-
-def describe_schema() -> list[tuple[str, Any, str]]:
-    """(key path, default, description) for every key, in order: the config reference."""
-    rows = []
-    for name, cls in SECTIONS.items():
-        defaults = cls()
-        for f in dataclasses.fields(cls):
-            rows.append((f"{name}.{f.name}", getattr(defaults, f.name), f.metadata.get("doc", "")))
-    return rows

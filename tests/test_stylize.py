@@ -264,15 +264,3 @@ def test_build_stylizer_from_config(vgg_weights_path) -> None:
     assert stylizer.device == CPU and stylizer.precision == "fp32"  # bf16 is CUDA-only
     assert not stylizer.channels_last and stylizer.features.pooling == "avg"
     assert stylizer.features.deepest == "relu5_1"
-
-
-def test_with_style_shares_network_and_targets(make) -> None:
-    stylizer = make(iterations=3)
-    target = stylizer.prepare_style([image(1, 40, 40)], [1.0])
-    style = stylizer.style
-    warm = stylizer.with_style(dataclasses.replace(style, iterations=2, tolerance=1e-3))
-    assert warm.features is stylizer.features
-    assert warm.run(image(0), target).iterations == 2
-    recoloured = stylizer.with_style(dataclasses.replace(style, preserve_color=True))
-    with pytest.raises(ValueError, match="another Stylizer"):
-        recoloured.run(image(0), target)

@@ -76,7 +76,7 @@ def test_fractional_rate_round_trip(tmp_path: Path) -> None:
     assert out_info.codec == "h264" and out_info.pix_fmt == "yuv420p"
     assert _times(src) == _times(tmp_path / "out.mp4")
     assert abs(out_info.duration - info.duration) < info.frame_interval
-    assert video.verify_video(tmp_path / "out.mp4", 12, expected_duration=info.duration)
+    assert video.verify_video(tmp_path / "out.mp4", 12)
     assert video.count_frames(tmp_path / "out.mp4") == 12
 
 
@@ -95,7 +95,7 @@ def test_variable_frame_rate_keeps_timestamps(tmp_path: Path, ext: str) -> None:
 def test_audio_is_copied(tmp_path: Path, ext: str) -> None:
     src = write_test_clip(tmp_path / f"a{ext}", frames=15, audio=True)
     info, _ = _round_trip(src, tmp_path / "out.mp4")
-    assert info.has_audio
+    assert info.audio
     source_audio, output_audio = _audio_span(src), _audio_span(tmp_path / "out.mp4")
     assert [c for c, _ in output_audio] == [c for c, _ in source_audio]  # same codec: copied
     assert abs(output_audio[0][1] - source_audio[0][1]) < info.frame_interval
@@ -214,17 +214,7 @@ def test_verify_video_catches_a_short_output(tmp_path: Path) -> None:
     src = write_test_clip(tmp_path / "in.mp4", frames=5)
     with pytest.raises(OutputError, match="has 5 frames, expected 6"):
         video.verify_video(src, 6)
-    assert video.verify_video(src, 5, decode=True)
-    with pytest.raises(OutputError, match="lasts"):
-        video.verify_video(src, 5, expected_duration=1.0)
-
-
-def test_iter_frames_start_skips_conversion(tmp_path: Path) -> None:
-    src = write_test_clip(tmp_path / "in.mkv", frames=8)
-    info = video.probe_video(src, LIMITS)
-    frames = list(video.iter_frames(src, info, start=5))
-    assert [f.index for f in frames] == [5, 6, 7]
-    assert frames[0].time == pytest.approx(5 * 1001 / 30000, abs=0.001)
+    assert video.verify_video(src, 5)
 
 
 # ------------------------------------------------------------------ broken and hostile input
@@ -323,7 +313,7 @@ def test_other_containers_round_trip(tmp_path: Path, ext: str) -> None:
     info, frames = _round_trip(src, tmp_path / "out.mp4")
     assert len(frames) == info.frames == 8
     assert _times(tmp_path / "out.mp4") == _times(src)
-    assert video.verify_video(tmp_path / "out.mp4", 8, expected_duration=info.duration)
+    assert video.verify_video(tmp_path / "out.mp4", 8)
 
 
 @pytest.mark.parametrize("ext", [".mkv", ".mp4"])

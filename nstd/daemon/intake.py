@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import errno
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,6 +30,7 @@ import yaml
 
 from nstd.config import Config, merge_overrides
 from nstd.errors import ConfigError, InputError
+from nstd.media.files import open_regular
 from nstd.media.images import IMAGE_EXTENSIONS
 
 SIDECAR_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
@@ -135,17 +135,14 @@ def style_label(style_path: Path) -> str:
 def read_sidecar(path: Path) -> dict[str, Any]:
     """Read a sidecar safely (see the module docstring). Raises InputError (cannot be read)
     or ConfigError (not a mapping, too complex)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        handle = open_regular(path, f"sidecar {path.name}")
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(f"sidecar {path.name} is a symbolic link; put the file itself "
                              "beside its input") from None
         raise InputError(f"cannot read sidecar {path.name}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise InputError(f"sidecar {path.name} is not a regular file")
+    with handle:
         data = handle.read(SIDECAR_MAX_BYTES + 1)
     if len(data) > SIDECAR_MAX_BYTES:
         raise ConfigError(f"sidecar {path.name} is larger than {SIDECAR_MAX_BYTES // 1024} KiB")

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Literal
 
 from nstd.errors import InputError, NstdError
 from nstd.faults import failpoint
+from nstd.media.files import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +138,15 @@ def content_key(path: str | os.PathLike[str]) -> str:
     ``FileNotFoundError``) when it cannot be opened or read: the caller decides whether that
     is transient.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        f = open_regular(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(
                 f"{path} is a symbolic link; put the file itself in the inbox") from exc
         raise
-    with os.fdopen(fd, "rb") as f:
+    with f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{path} is not a regular file")
         digest = hashlib.sha256()
         digest.update(f.read(HASH_CHUNK))
         if st.st_size > HASH_CHUNK:

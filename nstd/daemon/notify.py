@@ -90,10 +90,6 @@ class SystemdNotifier:
         """``STOPPING=1``: shutdown has begun."""
         return self.send("STOPPING=1", *([_status_line(status)] if status else []))
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """``EXTEND_TIMEOUT_USEC``: ask for more time to start or stop (e.g. a long frame)."""
-        return self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
-
     def close(self) -> None:
         with self._lock:
             if self._sock is not None:

@@ -142,8 +142,9 @@ def move_file(src: Path, folder: Path, name: str | None = None) -> Path:
     return target
 
 
-def _source_matches(path: Path, key: str) -> str | None:
-    """None when ``path`` still holds the job's bytes, else why not ('gone' / 'replaced')."""
+def source_changed(path: Path, key: str) -> str | None:
+    """None when ``path`` still holds the job's bytes (content key ``key``), else why not:
+    'gone' or 'replaced'."""
     try:
         return None if content_key(path) == key else "replaced"
     except FileNotFoundError:
@@ -158,7 +159,7 @@ def finish_source(path: Path, job: Job, config: Config) -> str:
     Moves to ``done/<sub-folder>/`` (with the sidecar), keeps, or deletes. A source that is
     gone or was replaced is left alone.
     """
-    why_not = _source_matches(path, job.content_key)
+    why_not = source_changed(path, job.content_key)
     if why_not is not None:
         return f"source {why_not}, left alone"
     sidecar = sidecar_for(path)
@@ -209,7 +210,7 @@ def fail_source(path: Path, job: Job, reason: str, config: Config,
     """Move a failed job's source and sidecar to ``failed/<sub-folder>/`` and write
     ``<name>.error.txt`` beside it. Returns the moved source, or None when the source is gone
     or was replaced (then nothing is moved or written)."""
-    why_not = _source_matches(path, job.content_key)
+    why_not = source_changed(path, job.content_key)
     if why_not is not None:
         log.info("%s: source %s; nothing moved to failed/", job.source, why_not)
         return None
@@ -276,7 +277,7 @@ def find_failed_file(job: Job, failed: Path) -> Path | None:
     except OSError:
         pass
     for candidate in candidates:
-        if _source_matches(candidate, job.content_key) is None:
+        if source_changed(candidate, job.content_key) is None:
             return candidate
     return None
 

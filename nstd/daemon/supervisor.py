@@ -538,7 +538,7 @@ class Daemon:
 
     def _process(self, job: Job, mono: float) -> None:
         path = self.inbox / job.source
-        why_not = _source_state(path, job.content_key)
+        why_not = outcome.source_changed(path, job.content_key)
         if why_not is not None:
             self.ledger.forget(job.id)
             self._forget_path(path)
@@ -858,15 +858,6 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     return isinstance(oom, type) and isinstance(exc, oom)
-
-
-def _source_state(path: Path, key: str) -> str | None:
-    try:
-        return None if content_key(path) == key else "replaced"
-    except FileNotFoundError:
-        return "removed"
-    except (OSError, InputError):
-        return "replaced"
 
 
 def _summary(report: Any, seconds: float) -> str:

@@ -25,6 +25,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from nstd.daemon.intake import SIDECAR_SUFFIXES
 from nstd.media.container import VIDEO_EXTENSIONS
 from nstd.media.images import IMAGE_EXTENSIONS
 
@@ -35,7 +36,6 @@ MEDIA_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 # Names of files still being written by common tools, and sidecars (read with their input).
 PARTIAL_SUFFIXES: frozenset[str] = frozenset({".part", ".tmp", ".crdownload"})
-SIDECAR_SUFFIXES: frozenset[str] = frozenset({".yaml", ".yml"})
 
 MAX_DEPTH = 32
 
@@ -252,10 +252,6 @@ class StabilityTracker:
             return None
         earliest = min(seen.changed_at for seen in self._files.values())
         return max(0.0, earliest + self.settle_seconds - now)
-
-    def forget(self, path: str | os.PathLike[str]) -> None:
-        """Stop tracking ``path`` (it was removed, or handled some other way)."""
-        self._files.pop(Path(path), None)
 
     def _warn_if_slow(self, path: Path, seen: _Seen, now: float) -> None:
         if not seen.warned and now - seen.first_seen >= self.warn_after:

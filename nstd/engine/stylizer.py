@@ -344,22 +344,6 @@ class Stylizer:
         self._style_weights = {k: float(v) for k, v in style.style_layers.items() if v != 0}
         self._token = object()
 
-    def with_style(self, style: StyleConfig) -> Stylizer:
-        """A stylizer with other loss/optimizer settings sharing this one's network.
-
-        StyleTargets prepared here stay valid when the settings that shape the Grams (style
-        layers, style_scale, preserve_color) are unchanged, e.g. a video's warm-frame budget
-        or tolerance.
-        """
-        other = Stylizer(self.features, style, self.device, precision=self.precision,
-                         channels_last=self.channels_last, sync_every=self.sync_every,
-                         lag=self.lag)
-        other.compile_network, other._network = self.compile_network, self._network
-        shape = ("style_layers", "style_scale", "preserve_color")
-        if all(getattr(style, k) == getattr(self.style, k) for k in shape):
-            other._token = self._token
-        return other
-
     # ----------------------------------------------------------------- style targets
 
     def prepare_style(self, images: Sequence[Tensor], blend: Sequence[float]) -> StyleTarget:

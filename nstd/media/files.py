@@ -23,10 +23,12 @@ import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from nstd.errors import OutputError, TransientError
+from nstd.errors import InputError, OutputError, TransientError
 from nstd.faults import failpoint
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,22 @@ def atomic_output(final: str | os.PathLike[str], *, overwrite: bool = False) -> 
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def open_regular(path: str | os.PathLike[str], label: str | None = None) -> BinaryIO:
+    """Open a regular file for reading, never through a symbolic link and never blocking (a
+    FIFO cannot hang the caller). The one way inbox files are opened.
+
+    Raises OSError when it cannot be opened (errno ``ELOOP``: ``path`` is a symbolic link),
+    InputError ("<label> is not a regular file"; ``label`` defaults to the path) for a FIFO,
+    device or folder.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise InputError(f"{label or path} is not a regular file")
+    return handle
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -129,21 +129,19 @@ def _open(path: Path) -> Image.Image:
         raise InputError(f"{_name(path)} is not a readable image ({exc})") from None
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+def check_pixels(path: Path, width: int, height: int, max_pixels: int, *,
+                 per_frame: bool = False) -> None:
+    """InputError for an empty size or one above ``limits.max_pixels`` (images and videos, whose
+    frames are checked with ``per_frame``), before anything is decoded."""
+    what = "frame" if per_frame else "image"
     if width <= 0 or height <= 0:
-        raise InputError(f"{_name(path)} declares an empty image ({width}x{height})")
+        raise InputError(f"{_name(path)} declares an empty {what} ({width}x{height})")
     if width * height > max_pixels:
         raise InputError(
-            f"{_name(path)} is {width}x{height} = {width * height} pixels, above"
-            f" limits.max_pixels = {max_pixels}; downscale it or raise the limit"
+            f"{_name(path)} is {width}x{height} = {width * height} pixels"
+            f"{' per frame' if per_frame else ''}, above limits.max_pixels = {max_pixels};"
+            " downscale it or raise the limit"
         )
-
-
-def _header_orientation(im: Image.Image) -> int:
-    """EXIF orientation 1..8 if known *without decoding* (PNG keeps eXIf after the data)."""
-    if im.format == "PNG" and "exif" not in im.info:
-        return 1
-    return _orientation(im)
 
 
 def _orientation(im: Image.Image) -> int:
@@ -153,19 +151,6 @@ def _orientation(im: Image.Image) -> int:
         log.warning("ignoring unreadable EXIF data: %s", exc)
         return 1
     return value if 1 <= value <= 8 else 1
-
-
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), read from the header only.
-
-    Raises InputError for anything `read_image` would refuse before decoding.
-    """
-    path = Path(path)
-    with _open(path) as im:
-        width, height = im.size
-        if _header_orientation(im) in (5, 6, 7, 8):
-            width, height = height, width
-    return width, height
 
 
 def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -264,7 +249,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int) -> LoadedImage:
     path = Path(path)
     with _open(path) as im:
         width, height = im.size
-        _check_pixels(path, width, height, max_pixels)
+        check_pixels(path, width, height, max_pixels)
         sixteen_bit_colour = _is_16bit_colour(im)
         try:
             im.load()  # full decode now: truncation and corruption surface here

@@ -7,14 +7,14 @@ Conventions (shared with the pipeline and nstd/temporal/ewarp.py):
 - Frames: numpy uint8 (H, W, 3) RGB. Stylized frames: float32 (H, W, 3) RGB in [0, 1].
   BGR exists only inside OpenCV calls.
 - Flow: numpy float32 (H, W, 2), channel 0 = dx, channel 1 = dy, in pixels.
-  ``flow = compute_flow(src, dst)`` maps the pixel x of ``src`` to its position
+  ``flow = FlowEstimator()(src, dst)`` maps the pixel x of ``src`` to its position
   ``x + flow(x)`` in ``dst``.
 - ``warp(image, flow)(x) = image(x + flow(x))``: it pulls ``image`` (a picture of ``dst``)
   back onto the pixel grid of ``src``.
 - To bring the previous stylized frame S[t-1] onto frame t, compute ``flow_bw`` from input
   frame t to input frame t-1 and take ``warp(S[t-1], flow_bw)``. The reliability of that
   prediction is ``consistency_mask(flow_bw, flow_fw)`` with ``flow_fw`` from t-1 to t.
-  `estimate_motion` + `warp_prior` (or `temporal_prior`, both in one) do exactly this.
+  `estimate_motion` + `warp_prior` do exactly this.
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ __all__ = [
     "Prior",
     "Segment",
     "combine_long_term",
-    "compute_flow",
     "consistency_mask",
     "estimate_motion",
     "is_scene_cut",
     "plan_segments",
     "scene_cut_score",
-    "temporal_prior",
+    "thumbnail",
     "warp",
     "warp_prior",
 ]
@@ -131,22 +130,6 @@ class FlowEstimator:
         if scale != 1.0:
             flow = _resize_flow(flow, (h, w))
         return flow.astype(np.float32, copy=False)
-
-
-def compute_flow(
-    src: np.ndarray, dst: np.ndarray, estimator: FlowEstimator | None = None
-) -> np.ndarray:
-    """Dense DIS flow from ``src`` to ``dst`` (see `FlowEstimator`).
-
-    Args:
-        src, dst: uint8 (H, W, 3) RGB frames of the same size.
-        estimator: reuse this estimator; None creates a "medium" one for this call only
-            (cheap, but a video should hold one `FlowEstimator`).
-
-    Returns:
-        float32 (H, W, 2) (dx, dy) in pixels: pixel x of ``src`` is at ``x + flow(x)`` in ``dst``.
-    """
-    return (estimator or FlowEstimator())(src, dst)
 
 
 @lru_cache(maxsize=8)
@@ -305,44 +288,22 @@ def warp_prior(prev_stylized: np.ndarray, motion: Motion,
     return Prior(warped, motion.mask)
 
 
-def temporal_prior(
-    prev_stylized: np.ndarray,
-    prev_input: np.ndarray,
-    cur_input: np.ndarray,
-    flow_estimator: FlowEstimator | None = None,
-) -> Prior:
-    """`estimate_motion` then `warp_prior`: the warped previous stylized frame and its mask.
-
-    Args:
-        prev_stylized: float32 (H, W, 3) in [0, 1], stylized frame t-1 (or t-k).
-        prev_input: uint8 (H, W, 3), input frame t-1 (or t-k), same size.
-        cur_input: uint8 (H, W, 3), input frame t, same size.
-        flow_estimator: the video's `FlowEstimator`.
-
-    Returns:
-        `Prior(warped float32 (H, W, 3) in [0, 1], mask float32 (H, W) in {0, 1})`.
-    """
-    return warp_prior(prev_stylized, estimate_motion(prev_input, cur_input, flow_estimator))
-
-
-def combine_long_term(priors: Sequence[Prior], mode: str = "anchor") -> list[Prior]:
+def combine_long_term(priors: Sequence[Prior]) -> list[Prior]:
     """Re-weight several priors for frame t (nearest first: t-1, then e.g. t-5) into temporal
     terms whose masks sum to at most 1 per pixel, so `video.temporal_weight` keeps its meaning.
 
-    Each prior comes from `temporal_prior` with *direct* flow between input frames t-k and t
-    (not chained), so an old prior carries no accumulated warping error.
+    Each prior comes from `estimate_motion` + `warp_prior` with *direct* flow between input
+    frames t-k and t (not chained), so an old prior carries no accumulated warping error.
+
+    A pixel reliable in several priors is pulled towards all of them with equal shares
+    (mask_k = c_k / max(1, sum c)), against drift: a static region stays tied to an older
+    stylized frame instead of only to t-1, so the small errors of one warp per frame (sub-pixel
+    flow noise, bilinear blur) cannot accumulate freely along the chain. (Ruder et al.'s
+    long-term loss instead gives each pixel to the nearest prior in which it is reliable;
+    older frames then only fill regions disoccluded in the nearer ones.)
 
     Args:
         priors: `Prior` list, nearest frame first.
-        mode:
-            "anchor" (default, against drift): a pixel reliable in several priors is pulled
-                towards all of them with equal shares (mask_k = c_k / max(1, sum c)). A static
-                region then stays tied to an older stylized frame instead of only to t-1, so the
-                small errors of one warp per frame (sub-pixel flow noise, bilinear blur) cannot
-                accumulate freely along the chain.
-            "fill" (Ruder et al. 2016, long-term loss): each pixel goes to the nearest prior in
-                which it is reliable, mask_k = max(0, c_k - sum_{j<k} c_j); older frames only
-                fill regions disoccluded in the nearer ones.
 
     Returns:
         list of `Prior` with the same ``warped`` arrays and new float32 (H, W) masks in [0, 1].
@@ -350,17 +311,8 @@ def combine_long_term(priors: Sequence[Prior], mode: str = "anchor") -> list[Pri
     if not priors:
         return []
     masks = [p.mask.astype(np.float32, copy=False) for p in priors]
-    if mode == "anchor":
-        total = np.maximum(np.sum(masks, axis=0), 1.0)
-        new = [m / total for m in masks]
-    elif mode == "fill":
-        taken = np.zeros_like(masks[0])
-        new = []
-        for m in masks:
-            new.append(np.clip(m - taken, 0.0, 1.0))
-            taken = np.clip(taken + m, 0.0, 1.0)
-    else:
-        raise ValueError(f"mode must be 'anchor' or 'fill', got {mode!r}")
+    total = np.maximum(np.sum(masks, axis=0), 1.0)
+    new = [m / total for m in masks]
     return [Prior(p.warped, m.astype(np.float32)) for p, m in zip(priors, new, strict=True)]
 
 
@@ -378,7 +330,9 @@ DEFAULT_SCENE_CUT_THRESHOLD = 0.5
 _CUT_SIDE = 96  # analysis size: longest side in pixels; cheap and still resolves texture
 
 
-def _small(frame: np.ndarray) -> np.ndarray:
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    """``frame`` downscaled (INTER_AREA) to a longest side of 96 px (at least 8x8): the size
+    scene cuts are judged at. Already small frames are returned at their size."""
     h, w = frame.shape[:2]
     scale = min(1.0, _CUT_SIDE / max(h, w))
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
@@ -434,7 +388,7 @@ def scene_cut_score(a: np.ndarray, b: np.ndarray) -> float:
         a, b: uint8 (H, W, 3) RGB, same size.
     """
     _check_pair(a, b)
-    sa, sb = _small(a), _small(b)
+    sa, sb = thumbnail(a), thumbnail(b)
     return max(_colour_distance(sa, sb), _structure_distance(sa, sb))
 
 

@@ -57,8 +57,9 @@ from nstd.temporal.flow import (
     Prior,
     combine_long_term,
     estimate_motion,
+    is_scene_cut,
     plan_segments,
-    scene_cut_score,
+    thumbnail,
     warp_prior,
 )
 from nstd.temporal.store import FrameStore
@@ -180,9 +181,9 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config) -> dict[str,
     previous = None
     count = 0
     for frame in video.iter_frames(source, info):
-        small = _thumbnail(frame.rgb)
-        if previous is not None and scene_cut_score(previous, small) > \
-                config.video.scene_cut_threshold:
+        small = thumbnail(frame.rgb)  # scored at this size anyway: decode once, shrink once
+        if previous is not None and is_scene_cut(previous, small,
+                                                 config.video.scene_cut_threshold):
             cuts.append(frame.index)
         previous = small
         count += 1
@@ -190,13 +191,6 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config) -> dict[str,
     log.info("%s: %d frames, %d scene cuts, %d segments", source.name, count, len(cuts),
              len(segments))
     return {"frames": count, "cuts": cuts, "segments": [asdict(s) for s in segments]}
-
-
-def _thumbnail(rgb: np.ndarray, side: int = 96) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    return cv2.resize(rgb, (max(8, round(w * scale)), max(8, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
 
 
 class FrameLoop:
@@ -379,7 +373,7 @@ class FrameLoop:
         if motion.long is not None and index - LONG_TERM_GAP >= self.shot_start:
             older = self.history[-LONG_TERM_GAP][1]
             priors.append(warp_prior(older, motion.long, PRIOR_INTERPOLATION))
-            priors = combine_long_term(priors, mode="anchor")
+            priors = combine_long_term(priors)
         return priors
 
     # ----------------------------------------------------------------- report
