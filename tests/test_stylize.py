@@ -15,7 +15,6 @@ from nstd.engine.features import VGGFeatures
 from nstd.engine.stylizer import (
     Stylizer,
     TemporalTerm,
-    _Tracker,
     build_stylizer,
     resolve_device,
     rgb_to_yiq,
@@ -240,11 +239,13 @@ def test_too_small_image(make) -> None:
         stylize(make(), content=image(0, 8, 32))
 
 
-def test_divergence_is_reported() -> None:
-    tracker = _Tracker(5, 1, 0.0, 1, None, None)
-    tracker.begin_scale(0, (8, 8), ("total",), 0.0, 1)
-    with pytest.raises(NstdError, match="diverged"):
-        tracker.record(torch.tensor([float("nan")]))
+def test_a_start_whose_loss_is_not_finite_is_reported(make) -> None:
+    """Later non-finite trials are rejected by the line search; a start that is not finite
+    leaves nothing to return, and the error says so."""
+    content = image(0)
+    content[..., 3, 5] = float("nan")
+    with pytest.raises(NstdError, match="not finite"):
+        stylize(make(), content=content)
 
 
 def test_resolve_device() -> None:

@@ -7,21 +7,30 @@ Images are (1, 3, H, W) float32 RGB in [0, 1], on any device; results come back 
 Progress goes out through a callback receiving `Progress`; nothing here prints.
 
 Choices that depart from the paper or from common code, and why:
-- The image is optimized unconstrained and clamped to [0, 1] only between scales and for the
-  result. Clamping after every step would move the iterate behind L-BFGS's back and corrupt
-  its curvature pairs (s_k = x_{k+1} - x_k); the small excursions outside [0, 1] are pulled
-  back by the content term. The reported final loss is that of the returned (clamped) image.
-- L-BFGS is stepped one iteration per `step()` call (max_iter=1, no line search): each
-  iteration is exactly one forward+backward pass, so budgets are predictable and progress,
-  early stopping and `should_stop` are checked every iteration. Its state persists between
-  calls, so this is the same algorithm as one long call. It is `nstd.engine.optim.SyncFreeLBFGS`:
-  torch.optim.LBFGS's iterates without its per-step host synchronisations.
+- The default optimizer is `nstd.engine.optim.BoxLBFGS`: L-BFGS whose every trial point is
+  one network evaluation, with a backtracking line search decided on the device and steps
+  that do not depend on the loss's absolute scale. Fixed-step L-BFGS (torch's, as this engine
+  used before) stalled at 0.9x the start loss on some style images and converged on others
+  depending only on the loss weights' magnitude (issue 10; `bench/convergence.py` measures
+  it over a panel of dissimilar pairs). Budgets count network evaluations, so progress,
+  early stopping and `should_stop` are checked every evaluation.
+- The image is kept inside [0, 1] throughout (projected steps; Adam is clamped after each
+  step), so every evaluated image is a valid one and the returned image is the optimized
+  image itself, not a clamped copy of an iterate that strayed outside [0, 1].
+- Each scale returns its lowest-loss evaluated image (with the line search that is the
+  search's base point), and progress reports that image's loss, so the last progress line,
+  the summary and the result agree.
 - Nothing in the iteration loop reads a value back to the host on CUDA: loss values are
   copied to pinned memory asynchronously and read `lag` iterations later (see `_Tracker`).
-- Each scale returns its lowest-loss iterate, not its last one (see `_optimize`): fixed-step
-  L-BFGS occasionally jumps to a far worse point for one step.
 - Style Grams are computed once per (style target, output size) and cached in the
   `StyleTarget`; content features once per scale of each run.
+
+What the loss figures mean (the same everywhere: progress, results, `--json`, the README):
+`total` = content + style + tv, the weighted Gatys et al. objective; a video's warm frames
+also minimise `temporal` (the pull towards the warped previous frame), which is reported
+under its own name and never included in `total`, so totals compare across modes.
+`initial_loss` is the total of the start image at the output size, `final_loss` that of the
+returned image.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from torch import Tensor
 from nstd.config import ModelConfig, StyleConfig
 from nstd.engine.features import VGGFeatures
 from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
-from nstd.engine.optim import SyncFreeLBFGS
+from nstd.engine.optim import BoxLBFGS
 from nstd.engine.weights import load_vgg19_state_dict
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
 
@@ -56,23 +65,23 @@ _GRAM_CACHE_SIZE = 8
 
 @dataclass(frozen=True)
 class Progress:
-    """One optimizer iteration, as reported to the `progress` callback."""
+    """One optimizer iteration (= one network evaluation), as reported to `progress`."""
 
     iteration: int  # iterations done in this run, over all scales (1-based)
     total: int  # iterations planned over all scales (early stopping may end sooner)
     scale_index: int  # 0-based index of the current scale
     scale_count: int
     size: tuple[int, int]  # (height, width) of the image being optimized
-    loss: float  # total loss at this iteration
-    losses: dict[str, float]  # weighted terms: content, style, tv[, temporal], total
+    loss: float  # 'total' of the best image so far at this scale (module docstring)
+    losses: dict[str, float]  # its weighted terms: content, style, tv[, temporal], total
     elapsed: float  # seconds since run() started
 
 
 @dataclass(frozen=True)
 class StylizeResult:
     image: Tensor  # (1, 3, H, W) float32 in [0, 1], on the CPU
-    initial_loss: float  # total loss of the start image at the output size
-    final_loss: float  # total loss of the returned image
+    initial_loss: float  # 'total' of the start image at the output size
+    final_loss: float  # 'total' of the returned image (temporal term excluded)
     losses: dict[str, float]  # weighted terms of the returned image, plus 'total'
     iterations: int  # optimizer iterations run, over all scales
     seconds: float
@@ -217,7 +226,7 @@ class _Tracker:
         self.first_loss: float | None = None
         self._pending: list[tuple[int, Tensor, object | None]] = []
         self._history: list[float] = []
-        self._scale = (0, (0, 0), ("total",), 0.0, 1)
+        self._scale = (0, (0, 0), ("objective", "total"), 0.0, 1)
 
     def begin_scale(self, index: int, size: tuple[int, int], names: tuple[str, ...],
                     tolerance: float, window: int) -> None:
@@ -229,7 +238,8 @@ class _Tracker:
             raise Interrupted("stylization stopped on request")
 
     def record(self, values: Tensor) -> bool:
-        """Note one iteration's losses ([total, *terms], on device); True = converged."""
+        """Note one iteration's best-so-far losses ([objective, total, *terms], on the
+        device; `names` gives the terms); True = converged."""
         self.done += 1
         event = None
         if values.device.type == "cuda" and self.lag > 0:
@@ -256,20 +266,19 @@ class _Tracker:
         index, size, names, tolerance, window = self._scale
         converged = False
         for (iteration, _, _), row in zip(batch, rows, strict=True):
-            # One non-finite loss is an overshoot that SyncFreeLBFGS undoes (it steps back to
-            # the last finite point); a non-finite start, or two in a row, is divergence.
-            if not math.isfinite(row[0]) and (not self._history
-                                              or not math.isfinite(self._history[-1])):
-                raise NstdError(f"the optimization diverged (loss {row[0]}) at iteration "
-                                f"{iteration}; lower style.style_weight or style.learning_rate")
+            # The values are the best so far: a non-finite trial is simply rejected by the
+            # line search, so only a start whose loss is not finite leaves them infinite.
+            if not math.isfinite(row[0]):
+                raise NstdError(f"the loss of the start image is not finite ({row[0]}) at "
+                                f"iteration {iteration}; lower style.style_weight")
             if self.first_loss is None:
-                self.first_loss = row[0]
+                self.first_loss = row[1]
             self._history.append(row[0])
             if self.progress is not None:
-                losses = dict(zip(names[1:], row[1:], strict=True))
-                losses["total"] = row[0]
+                losses = dict(zip(names[2:], row[2:], strict=True))
+                losses["total"] = row[1]
                 self.progress(Progress(iteration, self.total, index, self.scale_count, size,
-                                       row[0], losses, time.monotonic() - self.started))
+                                       row[1], losses, time.monotonic() - self.started))
             converged = converged or self._converged(tolerance, window)
         return converged
 
@@ -420,12 +429,21 @@ class Stylizer:
             return self._network(rgb)
 
     def _term_names(self, problem: _Problem) -> tuple[str, ...]:
-        names = ("total", "content", "style", "tv")
+        """Names of the values `_values` stacks: the optimized objective (total plus the
+        temporal term), the total, then each weighted term."""
+        names = ("objective", "total", "content", "style", "tv")
         return names + ("temporal",) if problem.temporal else names
 
+    def _values(self, problem: _Problem, x: Tensor) -> Tensor:
+        """[objective, total, *terms] of image x, a float32 vector on the device."""
+        terms = self._terms(problem, x)
+        total = terms[0] + terms[1] + terms[2]
+        objective = total + terms[3] if len(terms) > 3 else total
+        return torch.stack([objective, total, *terms])
+
     def _terms(self, problem: _Problem, x: Tensor) -> list[Tensor]:
-        """Weighted loss terms of image x (1, C, H, W), C = 1 (luminance) or 3, in the order
-        of `_term_names` without 'total'. Each is a float32 scalar."""
+        """Weighted loss terms of image x (1, C, H, W), C = 1 (luminance) or 3: content,
+        style, tv[, temporal]. Each is a float32 scalar."""
         s = self.style
         feats = self._forward(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
         zero = x.new_zeros(())
@@ -525,7 +543,7 @@ class Stylizer:
              progress: Callable[[Progress], None] | None,
              should_stop: Callable[[], bool] | None, started: float,
              stopping: tuple[float, int]) -> StylizeResult:
-        content = content.detach().to(self.device, torch.float32)
+        content = content.detach().to(self.device, torch.float32).contiguous()
         full = (int(content.shape[-2]), int(content.shape[-1]))
         budget = self.style.iterations if iterations is None else int(iterations)
         if budget < 0:
@@ -581,75 +599,72 @@ class Stylizer:
 
     def _optimize(self, problem: _Problem, x0: Tensor, steps: int, scale_index: int,
                   tracker: _Tracker, stopping: tuple[float, int]) -> tuple[Tensor, bool]:
-        """Run up to `steps` iterations from x0 at one scale; returns (x, stopped early).
+        """Run up to `steps` evaluations from x0 at one scale; returns (x, stopped early).
 
-        x is the iterate with the lowest loss, not simply the last one: L-BFGS without a line
-        search now and then jumps to an iterate whose loss is 10-1000x higher and recovers on
-        the next step; a budget ending on such a jump returned a ruined image (about one frame
-        in twenty at the benchmark's cold budget). The comparison stays on the device (no host
-        sync); it costs one copy of the image per iteration and one forward pass per scale
-        (to evaluate the last iterate).
+        x is the evaluated image with the lowest objective, not the last trial point: a
+        trial the line search rejects (or an Adam step that overshoots) is never returned,
+        and the last trial point, not yet evaluated, is dropped rather than evaluated with
+        one more forward pass. The comparison stays on the device (no host sync); it costs
+        one copy of the image per evaluation. Progress reports the best image's losses.
         """
-        x = x0.detach().clone().requires_grad_(True)
+        # A contiguous copy inside [0, 1]: the caller's tensor is never changed, and any
+        # layout it came in (channels_last, a transposed view) is fine.
+        x = x0.detach().clamp(0.0, 1.0).contiguous().requires_grad_(True)
         optimizer = self._optimizer(x)
-        names = self._term_names(problem)
-        tracker.begin_scale(scale_index, problem.size, names, *stopping)
-        last: list[Tensor] = []
-        best_x = x0.detach().clone()
-        best_loss = torch.full((), math.inf, device=x.device)
-
-        def keep_best(total: Tensor, candidate: Tensor) -> None:
-            better = total < best_loss  # False for NaN
-            best_loss.copy_(torch.where(better, total, best_loss))
-            best_x.copy_(torch.where(better, candidate, best_x))
+        project = not isinstance(optimizer, BoxLBFGS)  # Adam: clamp after each step
+        tracker.begin_scale(scale_index, problem.size, self._term_names(problem), *stopping)
+        best_x = x.detach().clone()
+        best = torch.full((len(self._term_names(problem)),), math.inf, device=x.device)
 
         def closure() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
-            terms = self._terms(problem, x)
-            total = torch.stack(terms).sum()
-            total.backward()
-            with torch.no_grad():
-                keep_best(total.detach(), x.detach())  # x is still the evaluated iterate
-            last[:] = [torch.stack([total, *terms]).detach()]
-            return total
+            values = self._values(problem, x)
+            values[0].backward()
+            with torch.no_grad():  # x is still the evaluated image
+                better = values[0] < best[0]  # False for NaN
+                best.copy_(torch.where(better, values.detach(), best))
+                best_x.copy_(torch.where(better, x.detach(), best_x))
+            return values[0]
 
         stopped = False
         for step in range(steps):
             tracker.check_stop()
             optimizer.step(closure)
-            if tracker.record(last[0]):
+            if project:
+                with torch.no_grad():
+                    x.clamp_(0.0, 1.0)
+            if tracker.record(best.clone()):
                 stopped = step + 1 < steps  # converging on the last step is not "early"
                 break
         tracker.flush()  # report iterations still pending (sync_every > 1)
-        if not last:  # no iteration at this scale
-            return x.detach(), stopped
-        with torch.no_grad():  # the last step's result has not been evaluated yet
-            keep_best(torch.stack(self._terms(problem, x)).sum(), x.detach())
-        return best_x, stopped
+        return best_x if steps > 0 else x.detach(), stopped
 
-    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer | SyncFreeLBFGS:
+    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer | BoxLBFGS:
         if self.style.optimizer == "adam":
             return torch.optim.Adam([x], lr=self.style.learning_rate)
-        # torch.optim.LBFGS's iterates, without its host syncs (nstd.engine.optim explains).
-        return SyncFreeLBFGS(x, history=self.style.lbfgs_history, lr=1.0)
+        return BoxLBFGS(x, history=self.style.lbfgs_history)
 
     def _finish(self, problem: _Problem, x: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The result image (CPU, [0, 1]) and the loss terms of exactly that image."""
+        """The result image (CPU, [0, 1]) and the loss terms of exactly that image.
+
+        x is already inside [0, 1], so without preserve_color the result is x itself and
+        its losses are those the last progress report gave.
+        """
         with torch.no_grad():
             if self.style.preserve_color:
                 rgb = _recombine(x, problem.chroma_source)
                 evaluated = luminance(rgb)
             else:
                 rgb = evaluated = x.clamp(0.0, 1.0)
-            terms = self._terms(problem, evaluated)
-        values = torch.stack([torch.stack(terms).sum(), *terms]).tolist()
-        names = self._term_names(problem)[1:] + ("total",)
-        losses = dict(zip(names, values[1:] + values[:1], strict=True))
+            values = self._values(problem, evaluated).tolist()
+        losses = dict(zip(self._term_names(problem)[2:], values[2:], strict=True))
+        losses["total"] = values[1]
         return rgb.detach().to("cpu", torch.float32), losses
 
     def _total(self, problem: _Problem, x: Tensor) -> float:
+        """'total' (content + style + tv) of image x."""
         with torch.no_grad():
-            return float(torch.stack(self._terms(problem, x)).sum())
+            return float(self._values(problem, x)[1])
 
     def evaluate(self, image: Tensor, content: Tensor, target: StyleTarget) -> dict[str, float]:
         """Weighted content/style/tv losses and their total for `image` against `content`.
@@ -670,9 +685,8 @@ class Stylizer:
         x = image.detach().to(self.device, torch.float32)
         x = luminance(x) if self.style.preserve_color else x
         with torch.no_grad():
-            terms = self._terms(problem, x)
-        values = torch.stack([torch.stack(terms).sum(), *terms]).tolist()
-        return {"content": values[1], "style": values[2], "tv": values[3], "total": values[0]}
+            values = self._values(problem, x).tolist()
+        return {"content": values[2], "style": values[3], "tv": values[4], "total": values[1]}
 
 
 def build_stylizer(model: ModelConfig, style: StyleConfig,
