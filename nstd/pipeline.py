@@ -126,6 +126,12 @@ def stylize_image_file(
         progress=_iteration_progress(progress, started, heartbeat),
         should_stop=should_stop,
     )
+    if progress is not None:
+        # The closing line carries the result's own figure: after early stopping (or with
+        # preserve_color's recombination) the last iteration's line would not be it.
+        progress(JobProgress(done=result.iterations, total=result.iterations, unit="iteration",
+                             elapsed=time.monotonic() - started, loss=result.final_loss,
+                             detail="done"))
     images.write_image(request.output, to_array(result.image), alpha=alpha,
                        overwrite=request.overwrite)
     height, width = rgb.shape[:2]

@@ -63,6 +63,25 @@ def test_stylize_end_to_end_in_a_subprocess(tmp_path: Path, photo: Path, paintin
     assert "\r" not in result.stderr  # not a terminal: plain lines, no bar
 
 
+def test_one_loss_figure_in_progress_summary_and_json(tmp_path: Path, photo: Path,
+                                                     painting: Path,
+                                                     vgg_weights_path: Path) -> None:
+    """The last progress line, the summary line and --json give the same final loss."""
+    common = ["stylize", str(photo), "--style", str(painting), "--weights",
+              str(vgg_weights_path), *FAST, "--set", "style.tolerance=0.2",
+              "--set", "style.tolerance_window=2"]  # early stopping: a closing line is due
+    as_json = run_cli(*common, "--json", cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    last_progress = [line for line in as_json.stderr.splitlines() if "loss" in line][-1]
+    assert f"loss {report['final_loss']:.4g}" in last_progress
+    plain = run_cli(*common, "-o", str(tmp_path / "again.png"), cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    summary = [line for line in plain.stderr.splitlines() if "wrote" in line][-1]
+    assert f"-> {report['final_loss']:.4g}," in summary
+    assert f"loss {report['initial_loss']:.4g} ->" in summary
+
+
 def test_existing_output_is_never_overwritten_without_the_flag(
         tmp_path: Path, photo: Path, painting: Path, vgg_weights_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

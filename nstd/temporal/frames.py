@@ -145,7 +145,8 @@ def stylize_video_file(
     store = FrameStore.open(work, fingerprint(request, info, size), restart=request.restart)
     if store.plan is None:
         try:
-            store.save_plan(plan_video(request.source, info, config))
+            store.save_plan(plan_video(request.source, info, config,
+                                       _plan_progress(progress, heartbeat, info)))
         except InputError:
             store.remove()  # a broken input leaves nothing behind, work folder included
             raise
@@ -174,9 +175,11 @@ def stylize_video_file(
     return summary
 
 
-def plan_video(source: Path, info: video.VideoInfo, config: Config) -> dict[str, Any]:
+def plan_video(source: Path, info: video.VideoInfo, config: Config,
+               progress: video.PacketProgress | None = None) -> dict[str, Any]:
     """One decode pass: the exact frame count (truncation is caught here, before any
-    stylization) and the scene cuts, hence the segments."""
+    stylization) and the scene cuts, hence the segments. ``progress`` gets the frames
+    decoded so far, per frame (an hour of video plans for minutes)."""
     cuts: list[int] = []
     previous = None
     count = 0
@@ -187,10 +190,27 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config) -> dict[str,
             cuts.append(frame.index)
         previous = small
         count += 1
+        if progress is not None:
+            progress(count)
     segments = plan_segments(cuts, count, config.video.max_segment_frames)
     log.info("%s: %d frames, %d scene cuts, %d segments", source.name, count, len(cuts),
              len(segments))
     return {"frames": count, "cuts": cuts, "segments": [asdict(s) for s in segments]}
+
+
+def _plan_progress(progress: ProgressCallback | None, heartbeat: Heartbeat | None,
+                   info: video.VideoInfo) -> video.PacketProgress:
+    """The plan pass's per-frame report: a heartbeat, and JobProgress in unit 'plan'."""
+    started = time.monotonic()
+
+    def report(count: int) -> None:
+        if heartbeat is not None:
+            heartbeat()
+        if progress is not None:
+            progress(JobProgress(done=count, total=max(count, info.frame_count), unit="plan",
+                                 elapsed=time.monotonic() - started))
+
+    return report
 
 
 class FrameLoop:
@@ -353,11 +373,10 @@ class FrameLoop:
                                        temporal=terms, progress=self.tick,
                                        tolerance=cfg.frame_tolerance,
                                        tolerance_window=cfg.frame_tolerance_window)
-        # The engine reports the terms of the returned image; the frame's loss is compared
-        # across modes without the temporal term (it only exists for warm frames).
-        losses = {k: v for k, v in result.losses.items() if k not in ("temporal", "total")}
-        losses["total"] = float(sum(losses.values()))
-        record = {"loss": losses["total"], "losses": losses, "iterations": result.iterations,
+        # The engine's 'total' excludes the temporal term (reported as 'temporal', warm frames
+        # only), so a frame's loss compares across modes: it is the frame's final_loss.
+        record = {"loss": result.final_loss, "losses": dict(result.losses),
+                  "iterations": result.iterations,
                   "initial_loss": result.initial_loss, "final_loss": result.final_loss,
                   "mode": mode, "seconds": result.seconds}
         return to_array(result.image), record
