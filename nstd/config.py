@@ -121,6 +121,10 @@ class LimitsConfig:
     max_file_bytes: int = _opt(20 * 1024**3, "largest input file, in bytes", min=1)
     max_video_seconds: float = _opt(4 * 3600.0, "longest input video, in seconds", min=0.0)
     max_video_frames: int = _opt(500_000, "most frames in an input video", min=1)
+    max_iterations: int = _opt(
+        10_000, "most style.iterations / style.coarse_iterations a job may ask for", min=0)
+    max_frame_iterations: int = _opt(
+        1_000, "most video.frame_iterations (a warm frame's budget) a job may ask for", min=0)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,10 @@ class DaemonConfig:
         "move", "what happens to a source once its result is verified"
     )
     lease_seconds: float = _opt(600.0, "a running job's lease, renewed while it works", min=1.0)
+    workers: int | Literal["auto"] = _opt(
+        "auto", "worker processes: auto = one per visible CUDA device (1 on a CPU), or N", min=1)
+    stall_seconds: float = _opt(
+        300.0, "a busy worker silent this long is killed (its job counts an attempt)", min=1.0)
 
 
 @dataclass(frozen=True)
@@ -232,8 +240,13 @@ def _convert(path: str, value: Any, hint: Any, problems: list[str]) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(path, value, inner, problems)
+        inner = [a for a in args if a is not type(None)]
+        for hint_ in inner[:-1]:  # e.g. int | Literal["auto"]: the first that fits
+            scratch: list[str] = []
+            converted = _convert(path, value, hint_, scratch)
+            if not scratch:
+                return converted
+        return _convert(path, value, inner[-1], problems)
     if origin is Literal:
         if value not in args:
             allowed = " | ".join(str(a) for a in args)
@@ -275,9 +288,10 @@ def _convert(path: str, value: Any, hint: Any, problems: list[str]) -> Any:
 def _check_rules(path: str, value: Any, rules: Mapping[str, Any], problems: list[str]) -> None:
     numbers = value.values() if isinstance(value, dict) else (
         value if isinstance(value, tuple) else (value,))
-    if "min" in rules and any(v is not None and v < rules["min"] for v in numbers):
+    numbers = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if "min" in rules and any(v < rules["min"] for v in numbers):
         problems.append(f"{path}: must be >= {rules['min']}, got {_show(value)}")
-    if "max" in rules and any(v is not None and v > rules["max"] for v in numbers):
+    if "max" in rules and any(v > rules["max"] for v in numbers):
         problems.append(f"{path}: must be <= {rules['max']}, got {_show(value)}")
     if "choices" in rules and value not in rules["choices"]:
         allowed = " | ".join(rules["choices"])
@@ -312,6 +326,14 @@ def _check_cross_field(config: Config, problems: list[str]) -> None:
         problems.append(f"style.scales: each scale must be in (0, 1], got {list(style.scales)}")
     if style.init == "image" and not style.init_image:
         problems.append("style.init_image: must name a file when style.init is 'image'")
+    limits = config.limits
+    for key in ("iterations", "coarse_iterations"):
+        if getattr(style, key) > limits.max_iterations:
+            problems.append(f"style.{key}: {getattr(style, key)} is more than "
+                            f"limits.max_iterations ({limits.max_iterations})")
+    if config.video.frame_iterations > limits.max_frame_iterations:
+        problems.append(f"video.frame_iterations: {config.video.frame_iterations} is more "
+                        f"than limits.max_frame_iterations ({limits.max_frame_iterations})")
     if all(w == 0 for w in style.style_layers.values()) and style.style_weight > 0:
         problems.append("style.style_layers: at least one layer needs a weight above 0")
 

@@ -12,16 +12,23 @@ global lookup and returns; with it, the named point does what the variable says:
 ``name=action[@N][*K]``: act from the N-th hit (default 1), K times (default: every time).
 Actions: ``kill`` (SIGKILL, after one line on stderr naming the point), ``enospc``,
 ``erofs``, ``eacces``, ``eio`` (raise that OSError), ``oom`` (`nstd.errors.OutOfMemoryError`),
-``cuda_oom`` (``torch.cuda.OutOfMemoryError``), ``error`` (RuntimeError).
+``cuda_oom`` (``torch.cuda.OutOfMemoryError``), ``error`` (RuntimeError), ``exit``
+(``os._exit(70)``: a process that dies without cleaning up), ``segv`` (SIGSEGV, as a crashing
+decoder), ``hang`` (sleep for ever: a wedged driver call), ``sleepS`` (sleep S seconds, e.g.
+``sleep0.2``: a slow pass).
 
 Points (and where they are, under nstd/):
 
     intake.settled         a file settled, before it is queued            daemon/supervisor.py
     ledger.claim           inside the claim transaction, before COMMIT    daemon/ledger.py
     daemon.claimed         a job was claimed, before any work             daemon/supervisor.py
-    job.heartbeat          the engine's heartbeat (inside Stylizer.run)   daemon/supervisor.py
-    job.progress           every progress report (iterations, frames)     daemon/supervisor.py
-    video.frame            a video frame was made and handed on to be     daemon/supervisor.py
+    worker.job             a worker took a job, before opening its file   daemon/worker.py
+    worker.decode          the worker's first progress from decoding      daemon/worker.py
+                           (probe or plan pass): "while decoding it"
+    plan.frame             each frame of the plan pass                    daemon/worker.py
+    job.heartbeat          the engine's heartbeat (inside Stylizer.run)   daemon/worker.py
+    job.progress           every progress report (iterations, frames)     daemon/worker.py
+    video.frame            a video frame was made and handed on to be     daemon/worker.py
                            stored and encoded (behind the engine)
     publish.before_rename  output fsynced under its temp name             media/files.py
     publish.after_link     final name linked, temp name not yet removed   media/files.py
@@ -38,13 +45,14 @@ import errno
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 ENV = "NSTD_FAILPOINTS"
 
 _ERRNO = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES,
           "eio": errno.EIO}
-ACTIONS = frozenset({"kill", "oom", "cuda_oom", "error", *_ERRNO})
+ACTIONS = frozenset({"kill", "oom", "cuda_oom", "error", "exit", "segv", "hang", *_ERRNO})
 
 
 @dataclass
@@ -77,11 +85,20 @@ def parse(spec: str) -> dict[str, _Point]:
                 start = int(nth)
         except ValueError:
             raise ValueError(f"{ENV}: bad count in {entry!r}") from None
-        if not sep or not name.strip() or action not in ACTIONS:
+        if not sep or not name.strip() or not _known(action):
             raise ValueError(f"{ENV}: {entry!r} is not name=action[@N][*K] with an action in "
                              f"{', '.join(sorted(ACTIONS))}")
         points[name.strip()] = _Point(action, start, times)
     return points
+
+
+def _known(action: str) -> bool:
+    if action.startswith("sleep"):
+        try:
+            return float(action[5:]) >= 0
+        except ValueError:
+            return False
+    return action in ACTIONS
 
 
 def configure(spec: str | None) -> None:
@@ -111,6 +128,20 @@ def _fire(name: str) -> None:
     if point.action == "kill":
         os.write(2, f"failpoint {name}: kill\n".encode())
         os.kill(os.getpid(), signal.SIGKILL)
+    if point.action == "exit":
+        os.write(2, f"failpoint {name}: exit\n".encode())
+        os._exit(70)
+    if point.action == "segv":
+        os.write(2, f"failpoint {name}: segv\n".encode())
+        signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if point.action == "hang":
+        os.write(2, f"failpoint {name}: hang\n".encode())
+        while True:
+            time.sleep(3600)
+    if point.action.startswith("sleep"):
+        time.sleep(float(point.action[5:]))
+        return
     if point.action in _ERRNO:
         code = _ERRNO[point.action]
         raise OSError(code, f"{os.strerror(code)} [failpoint {name}]")

@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import re
-import signal
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nstd.daemon.ledger import DaemonLock, Job, Ledger, ledger_path
-from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
+from nstd.errors import ConfigError, NstdError, UsageError
 from nstd.progress import format_duration
 
 log = logging.getLogger("nstd.daemon")
@@ -78,13 +77,22 @@ def _source(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nstd.cli.common import config_from_args
-    from nstd.daemon.supervisor import Daemon, check_folders
+    """The supervisor. Imports no torch: the workers (`nstd.daemon.worker`) load the network,
+    so the weights are only checked for existence here; a worker that cannot load them stops
+    the service with exit 2."""
+    from nstd.cli.common import StopFlag, config_from_args
+    from nstd.daemon.notify import SystemdNotifier
+    from nstd.daemon.supervisor import Supervisor, check_folders
 
     config = config_from_args(args)
     for handler in logging.getLogger().handlers:
         handler.addFilter(OneLineFilter())
     check_folders(config, source=_source(args))
+    weights = config.model.weights
+    if weights is not None and not Path(weights).is_file():
+        what = "does not exist" if not os.path.lexists(weights) else "is not a file"
+        raise ConfigError([f"model.weights: weights file {weights} {what}; check "
+                           "model.weights"], source=_source(args))
     lock = DaemonLock(ledger_path(config.daemon.state))
     try:
         lock.acquire()
@@ -92,45 +100,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     try:
         with Ledger.open(ledger_path(config.daemon.state)) as ledger:
-            from nstd.daemon.engines import EngineCache
-            from nstd.daemon.notify import SystemdNotifier
+            supervisor = Supervisor(config, ledger, SystemdNotifier.from_env())
 
+            def abort() -> None:
+                logging.shutdown()
+                os._exit(EXIT_ABORTED)  # no clean-up: the ledger and stored frames are crash-safe
+
+            stop = StopFlag(on_stop=supervisor.request_stop, abort=abort,
+                            what="stopping after the current frames").install()
             try:
-                engines = EngineCache.load(config.model)
-            except WeightsError as exc:
-                raise ConfigError([f"model.weights: {exc}"], source=_source(args)) from None
-            engines.stylizer(config)  # build the default extractor (and CUDA) before READY
-            daemon = Daemon(config, ledger, engines, SystemdNotifier.from_env())
-            previous = _install_signals(daemon)
-            try:
-                daemon.run()
+                code = supervisor.run()
             finally:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+                stop.restore()
     finally:
         lock.release()
-    return EXIT_OK
-
-
-def _install_signals(daemon: Any) -> dict[int, Any]:
-    """First SIGTERM/SIGINT: stop at the next safe point (the current video frame is
-    finished, an image is abandoned; the job goes back to the queue). Second: exit now."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if daemon.stop_requested:
-            log.warning("%s again: exiting at once", name)
-            logging.shutdown()
-            os._exit(EXIT_ABORTED)  # no clean-up: the ledger and stored frames are crash-safe
-        log.warning("%s received: stopping after the current frame (again to exit at once)",
-                    name)
-        daemon.request_stop()
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.getsignal(signum)
-        signal.signal(signum, handler)
-    return previous
+    if code == 2:
+        raise ConfigError(["a worker could not load the network (see the log above)"],
+                          source=_source(args))
+    return code
 
 
 # --------------------------------------------------------------------------- status

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from nstd.config import Config, merge_overrides
+from nstd.daemon.jobspec import check_job, kind_of
 from nstd.errors import ConfigError, InputError
 from nstd.media.files import open_regular
 from nstd.media.images import IMAGE_EXTENSIONS
@@ -231,7 +232,13 @@ def decide(source: str, path: Path, config: Config) -> Intake:
         if sidecar is not None:
             named, settings = split_sidecar(read_sidecar(sidecar), sidecar.name)
             style = named or style
-            job_config(config, settings, inbox)  # validate now; the ledger stores the overrides
+        # Validate now (the ledger stores the overrides): the merged config, and what the
+        # job's kind needs from it (nstd.daemon.jobspec.check_job).
+        merged = job_config(config, settings, inbox)
+        problems = check_job(merged, kind_of(path))
+        if problems:
+            raise ConfigError(problems, source=f"sidecar {sidecar.name}" if sidecar else
+                              "settings")
         resolve_style(Path(config.daemon.styles), style)
         size = os.lstat(path).st_size
         if size > config.limits.max_file_bytes:

@@ -390,20 +390,41 @@ class Ledger:
         assert job is not None
         return job
 
-    def recover(self, now: float) -> int:
+    def recover(self, now: float, max_attempts: int | None = None) -> int:
         """At start-up: jobs left ``running`` by a crash go back to ``queued``.
 
-        Their attempt was counted when claimed, so a job that crashes the daemon every time
-        still reaches ``max_attempts``. They may start at once (``not_before = now``).
-        Returns how many were recovered. Call only while holding the `DaemonLock`.
+        Their attempt was counted when claimed; a job that has used ``max_attempts`` (it
+        crashed the daemon or its worker that many times: a poison file) is ``failed``
+        instead, with a reason saying so, and `interrupted_failures` lists it. They may start
+        at once (``not_before = now``). Returns how many were requeued. Call only while
+        holding the `DaemonLock`.
         """
+        self.interrupted_failures: list[Job] = []
         with self._write() as db:
+            if max_attempts is not None:
+                rows = db.execute("SELECT id, attempts FROM jobs WHERE state = 'running' "
+                                  "AND attempts >= ?", (max_attempts,)).fetchall()
+                for job_id, attempts in rows:
+                    db.execute(
+                        "UPDATE jobs SET state = 'failed', lease_until = NULL, finished = ?, "
+                        "eta_seconds = NULL, error = ? WHERE id = ?",
+                        (now, f"nstd stopped or crashed while processing this file "
+                              f"{attempts} times (the last error: "
+                              f"{self._error(db, job_id) or 'none'})", job_id))
             cur = db.execute(
                 "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ? "
                 "WHERE state = 'running'", (now,))
+        if max_attempts is not None:
+            self.interrupted_failures = [j for j in (self.get(job_id) for job_id, _ in rows)
+                                         if j is not None]
         if cur.rowcount:
             log.info("%d interrupted job(s) queued again", cur.rowcount)
         return cur.rowcount
+
+    @staticmethod
+    def _error(db: sqlite3.Connection, job_id: int) -> str | None:
+        row = db.execute("SELECT error FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
 
     def retry(self, name: str | None = None) -> int:
         """Requeue failed jobs (all, or those whose source path or file name is ``name``).

@@ -87,11 +87,13 @@ def choose_output(base: Path, reserved: Collection[str] = (), *, limit: int = 10
 
 
 def verify_output(path: Path, kind: str, limits: LimitsConfig,
-                  expected_frames: int | None = None, source: Path | None = None) -> None:
+                  expected_frames: int | None = None, source: Path | None = None,
+                  progress: Callable[[int], None] | None = None) -> None:
     """Check a published output before its source is touched. Raises OutputError.
 
     image: it decodes completely. video: it has ``expected_frames`` frames; when that is not
     known (a restart after the work folder was removed) the source's packets are counted.
+    ``progress`` gets the packets counted so far (a long video takes a while to check).
     """
     if not path.is_file():
         raise OutputError(f"the output {path} is missing")
@@ -112,7 +114,7 @@ def verify_output(path: Path, kind: str, limits: LimitsConfig,
             expected_frames = video.count_frames(source)
         except InputError as exc:
             raise OutputError(f"cannot check {path.name} against its source ({exc})") from None
-    if not video.verify_video(path, expected_frames):  # raises OutputError saying why
+    if not video.verify_video(path, expected_frames, progress):  # raises OutputError: why
         raise OutputError(f"the output {path.name} does not have the expected "
                           f"{expected_frames} frames")
 

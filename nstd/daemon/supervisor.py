@@ -51,11 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nstd.config import Config
+from nstd.config import Config, to_mapping
 from nstd.daemon import outcome
 from nstd.daemon.intake import job_config, relative_source, resolve_style, style_label, take
+from nstd.daemon.jobspec import INPUT_FOLDER, STORE_FOLDER, JobSpec, check_job, kind_of, link_source
 from nstd.daemon.ledger import Job, Ledger, content_key
 from nstd.daemon.notify import SystemdNotifier, watchdog_interval
+from nstd.daemon.pool import ProcessBackend, WorkerPlan, describe_exit, plan_workers
 from nstd.daemon.watch import (
     InboxEventHandler,
     StabilityTracker,
@@ -64,19 +66,9 @@ from nstd.daemon.watch import (
     scan_inbox,
     start_observer,
 )
-from nstd.errors import (
-    ConfigError,
-    InputError,
-    Interrupted,
-    NstdError,
-    OutOfMemoryError,
-    OutputError,
-    TransientError,
-    UsageError,
-)
+from nstd.errors import ConfigError, InputError
 from nstd.faults import failpoint
-from nstd.media import files as fsutil
-from nstd.progress import JobProgress, describe, format_duration
+from nstd.progress import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +76,15 @@ FOLDER_KEYS = ("inbox", "outbox", "work", "failed", "done", "state", "styles")
 WRITABLE_KEYS = ("inbox", "outbox", "work", "failed", "done", "state")
 
 PROGRESS_LOG_SECONDS = 10.0  # one progress line per job this often
-HEARTBEAT_SECONDS = 1.0  # lease renewal, WATCHDOG=1, STATUS= and event intake while working
+HEARTBEAT_SECONDS = 1.0  # lease renewal and progress rows while a job runs, at most this often
+STOP_GRACE_SECONDS = 60.0  # workers get this long to park their job after a stop
+RESTART_BACKOFF_MAX = 30.0  # a worker that dies before "ready" again and again: restart delay
+# A file that failed as unreadable/truncated stays in the inbox this many settle times; moved
+# to failed/ only if unchanged by then (a copy that paused is not a broken file).
+INPUT_HOLD_SETTLES = 3
+EXIT_CONFIG = 2  # a worker cannot load the network: systemd must not restart us in a loop
+STAGES = {"probe": "checking", "plan": "planning", "frame": "frame", "iteration": "iteration",
+          "verify": "verifying"}
 OOM_SHRINK = 0.75  # next attempt's style.max_side after running out of memory
 MIN_WAIT = 0.05
 MAX_WAIT = 300.0
@@ -98,8 +98,6 @@ INBOX_MISSING_POLL_SECONDS = 1.0
 MAX_PAUSE_SECONDS = 60.0
 
 _WAKE = Path("\0wake")  # put on the event queue to end an idle wait (never a real path)
-
-Runner = Callable[..., Any]  # nstd.pipeline.run_job's signature
 
 
 # --------------------------------------------------------------------------- start-up checks
@@ -165,52 +163,84 @@ def _writable(folder: Path) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- the daemon
+# --------------------------------------------------------------------------- the supervisor
 
 
 @dataclass
-class _Running:
-    """The job being processed right now."""
+class _Slot:
+    """One worker place: its process (restarted when it dies) and the job it runs."""
 
-    job: Job
-    started: float  # monotonic
-    progress: JobProgress | None = None
+    index: int
+    plan: WorkerPlan
+    handle: Any = None
+    generation: int = 0
+    state: str = "down"  # down | starting | idle | busy | exited
+    job: Job | None = None
+    spec: JobSpec | None = None
+    since: float = 0.0  # monotonic: when the state (or the job) began
+    heard: float = 0.0  # monotonic: its last message
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    eta: float | None = None
     last_write: float = float("-inf")
+    last_renew: float = float("-inf")
     last_log: float = float("-inf")
-    last_beat: float = float("-inf")
+    restart_at: float = 0.0
+    quick_deaths: int = 0  # deaths before "ready", in a row: restart backoff
+    killed_for: str | None = None  # why we SIGKILLed it (stalled)
+    eof: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index + 1}"
 
 
-class Daemon:
-    """Watches the inbox and processes its files one job at a time. See the module docstring.
+@dataclass(frozen=True)
+class _Message:
+    """A worker's event (None: its pipe closed), tagged with the process it came from."""
+
+    index: int
+    generation: int
+    data: dict[str, Any] | None
+
+
+class Supervisor:
+    """Watches the inbox, queues files, hands jobs to worker processes and records what
+    they report. See the module docstring.
 
     ``clock`` gives ledger time (epoch seconds), ``monotonic`` the stability tracker's and the
-    throttles' time; tests inject both. ``runner`` replaces `nstd.pipeline.run_job` (tests).
-    ``watch=False`` starts no watchdog observer (tests dispatch events to ``handler`` by hand).
+    throttles' time; tests inject both. ``backend`` starts workers (`spawn(index, plan,
+    deliver)`): the default is real processes (`nstd.daemon.pool.ProcessBackend`); unit tests
+    pass `nstd.daemon.worker.InlineBackend`. ``watch=False`` starts no watchdog observer (tests
+    dispatch events to ``handler`` by hand).
     """
 
-    def __init__(self, config: Config, ledger: Ledger, engines: Any,
-                 notifier: SystemdNotifier | None = None, *,
+    def __init__(self, config: Config, ledger: Ledger, notifier: SystemdNotifier | None = None,
+                 *, backend: Any = None, plans: list[WorkerPlan] | None = None,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 runner: Runner | None = None, watch: bool = True) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, watch: bool = True) -> None:
         d = config.daemon
         self.config = config
         self.ledger = ledger
-        self.engines = engines
         self.notifier = notifier or SystemdNotifier(None)
         self.inbox = Path(d.inbox)
         self.outbox = Path(d.outbox)
         self.work = Path(d.work)
         self.styles = Path(d.styles)
-        self.events: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.handler = InboxEventHandler(self.inbox, self.events)
         self.tracker = StabilityTracker(d.settle_seconds)
+        self.backend = backend if backend is not None else ProcessBackend(config)
+        self._plans = plans if plans is not None else plan_workers(config)
+        self._slots = [_Slot(i, plan) for i, plan in enumerate(self._plans)]
         self._clock = clock
         self._mono = monotonic
-        self._runner = runner
         self._watch = watch
         self._observer: Any = None
         self._stopping = False
+        self._told_stop = False
+        self.exit_code = 0
         self._next_rescan = 0.0
         self._watchdog_every = watchdog_interval()
         self._last_ping = float("-inf")
@@ -218,7 +248,8 @@ class Daemon:
         # Files whose job is queued, running or done, by (size, mtime_ns): a rescan does not
         # hash them again. Dropped when the file leaves the inbox through us.
         self._known: dict[Path, tuple[int, int]] = {}
-        self._running: _Running | None = None
+        # Failed as unreadable/truncated: looked at again later (a copy that paused).
+        self._recheck: list[tuple[float, Path]] = []
         self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) being watched
         self._next_inbox_check = 0.0
         self._paused_until = float("-inf")  # the ledger could not be written: wait
@@ -233,18 +264,25 @@ class Daemon:
         return self._stopping
 
     def request_stop(self) -> None:
-        """Ask the daemon to stop at the next safe point. Safe in a signal handler: it sets a
-        flag and wakes the idle wait (SimpleQueue.put is reentrant)."""
+        """Ask the supervisor to stop at the next safe point. Safe in a signal handler: it
+        sets a flag and wakes the idle wait (SimpleQueue.put is reentrant)."""
         self._stopping = True
         self.events.put(_WAKE)
 
     def start(self, now: float, monotonic: float | None = None) -> None:
-        """Recover interrupted jobs, clean up after a crash, start watching, scan, READY=1.
+        """Recover interrupted jobs, clean up after a crash, start the workers and the watch,
+        scan, READY=1 (without waiting for the workers to load the network).
 
         The caller holds the `DaemonLock` (so `recover` cannot steal a live daemon's jobs).
         """
         mono = now if monotonic is None else monotonic
-        self.ledger.recover(now)
+        for job in self.ledger.active():  # links of interrupted jobs: taken again at claim
+            if job.state == "running":
+                shutil.rmtree(self.work / str(job.id) / INPUT_FOLDER, ignore_errors=True)
+        now = max(now, self._clock())
+        self.ledger.recover(now, self.config.daemon.max_attempts)
+        for job in self.ledger.interrupted_failures:
+            log.error("%s failed: %s", job.source, job.error)
         if not any(self.ledger.counts().values()):
             rebuilt = outcome.rebuild_ledger(self.ledger, self.config, now)
             if any(rebuilt):
@@ -257,6 +295,8 @@ class Daemon:
                 log.info("removed %d unfinished temporary file(s) from %s", removed,
                          getattr(self.config.daemon, key))
         self._clean_work_dirs()
+        for slot in self._slots:
+            self._spawn(slot, mono)
         self._inbox_id = _folder_identity(self.inbox)
         self._start_observer()
         self._next_inbox_check = mono + INBOX_CHECK_SECONDS
@@ -264,41 +304,66 @@ class Daemon:
             self._notice(path, mono, scan=True)
         self._next_rescan = mono + self.config.daemon.rescan_seconds
         counts = self.ledger.counts()
-        log.info("ready: watching %s (%s), %d queued, %d file(s) settling; results in %s",
-                 self.inbox, "polling" if self.config.daemon.poll else "inotify",
-                 counts["queued"], len(self.tracker), self.outbox)
+        log.info("ready: watching %s (%s), %d queued, %d file(s) settling, %d worker(s); "
+                 "results in %s", self.inbox, "polling" if self.config.daemon.poll else
+                 "inotify", counts["queued"], len(self.tracker), len(self._slots), self.outbox)
         self.notifier.ready(self._status_line())
         self._last_ping = mono
 
-    def run(self) -> None:
-        """The service loop: `start`, `step` until a stop is requested, `stop`.
+    def run(self) -> int:
+        """The service loop: `start`, `step` until a stop is requested and every worker has
+        parked its job, `stop`. Returns the exit code (2: a worker cannot load the network).
 
-        Sleeps on the event queue between steps (no busy loop), waking for the next settle
-        time, rescan, retry time or watchdog ping, whichever is first.
+        Sleeps on the event queue between steps (inbox events and worker messages wake it),
+        waking for the next settle time, rescan, retry, worker check or watchdog ping.
         """
         self.start(self._clock(), self._mono())
         try:
-            while not self._stopping:
+            while not (self._stopping and not self._busy()):
                 try:
                     worked = self.step(self._clock(), self._mono())
                 except Exception as exc:  # noqa: BLE001 - a bug must not end the service
-                    log.error("unexpected error in the daemon loop: %s: %s",
+                    log.error("unexpected error in the supervisor loop: %s: %s",
                               type(exc).__name__, exc)
                     log.debug("traceback", exc_info=True)
                     self._pause_for(self._mono())
                     worked = False
                 self._ping(self._mono())
-                if not worked and not self._stopping:
+                if not worked and not (self._stopping and not self._busy()):
                     self.wait(self.idle_timeout(self._clock(), self._mono()))
         finally:
             self.stop()
+        return self.exit_code
 
     def stop(self) -> None:
-        """Stop watching and tell systemd; the ledger and lock belong to the caller."""
+        """Stop the workers (a stop message, then SIGKILL after a grace period) and the
+        watch, and tell systemd; the ledger and lock belong to the caller."""
         self._stopping = True
         self.notifier.stopping("stopping")
+        self._tell_stop()
+        deadline = self._mono() + STOP_GRACE_SECONDS
+        for slot in self._slots:
+            handle = slot.handle
+            if handle is None:
+                continue
+            wait = getattr(handle, "wait", None)
+            if wait is not None and wait(max(0.0, deadline - self._mono())) is None:
+                log.warning("%s (pid %s) did not stop; killing it", slot.name, handle.pid)
+                handle.kill()
+                wait(5.0)
         self._stop_observer()
         log.info("stopped")
+
+    def _busy(self) -> bool:
+        return any(slot.state == "busy" for slot in self._slots)
+
+    def _tell_stop(self) -> None:
+        if self._told_stop:
+            return
+        self._told_stop = True
+        for slot in self._slots:
+            if slot.handle is not None and slot.handle.poll() is None:
+                slot.handle.send({"type": "stop"})
 
     def _start_observer(self) -> None:
         if self._watch and self._inbox_id is not None:
@@ -315,38 +380,29 @@ class Daemon:
     # ----------------------------------------------------------------- one step
 
     def step(self, now: float, monotonic: float | None = None) -> bool:
-        """One unit of work. True when a job was processed (call again at once).
+        """One round: take in events and worker messages, check the workers, hand queued
+        jobs to idle workers. True when a job was claimed (call again at once).
 
         ``now``: epoch seconds (ledger); ``monotonic``: the tracker's clock (default ``now``).
         """
         mono = now if monotonic is None else monotonic
-        self._intake(now, mono)
-        if self._stopping or mono < self._paused_until:
-            return False
-        job = None
         try:
-            if self._stranded is not None:
-                self.ledger.release(self._stranded, now)
-                log.info("the job ledger can be written again; job %d is back in the queue",
-                         self._stranded)
-                self._stranded = None
-            job = self.ledger.claim(now, self.config.daemon.lease_seconds)
-            if job is None:
-                self._set_status()
+            self._intake(now, mono)
+            if self._stopping:
+                self._tell_stop()
+            self._check_workers(now, mono)
+            if self._stopping or mono < self._paused_until:
                 return False
-            failpoint("daemon.claimed")
-            self._process(job, mono)
+            worked = self._dispatch(now, mono)
         except sqlite3.Error as exc:
             # The ledger cannot be written (disk full, I/O error): nothing about the job can
             # be recorded, so nothing is decided. Pause, then put the job back and go on.
-            if job is not None and self._stranded is None:
-                self._stranded = job.id
             log.error("cannot write the job ledger %s (%s); pausing %s", self.ledger.path,
                       exc, format_duration(self._pause_for(mono)))
             return False
         self._pause = 0.0
         self._set_status()
-        return True
+        return worked
 
     def _pause_for(self, mono: float) -> float:
         """Pause the loop (1 s, doubling up to MAX_PAUSE_SECONDS); returns the pause."""
@@ -364,8 +420,15 @@ class Daemon:
         due = self.tracker.next_due(monotonic)
         if due is not None:
             waits.append(due)
+        if self._recheck:
+            waits.append(min(t for t, _ in self._recheck) - monotonic)
         if self._watchdog_every is not None:
             waits.append(self._last_ping + self._watchdog_every - monotonic)
+        for slot in self._slots:
+            if slot.state in ("busy", "starting"):
+                waits.append(HEARTBEAT_SECONDS)  # leases, stall checks
+            elif slot.state == "down" and not self._stopping:
+                waits.append(slot.restart_at - monotonic)
         backing_off = [j.not_before for j in self.ledger.active()
                        if j.state == "queued" and j.not_before > now]
         if backing_off:
@@ -373,13 +436,282 @@ class Daemon:
         return max(MIN_WAIT, min(waits))
 
     def wait(self, timeout: float) -> None:
-        """Sleep until an inbox event arrives (it is noticed) or ``timeout`` passes."""
+        """Sleep until an inbox event or a worker message arrives, or ``timeout`` passes."""
         try:
-            path = self.events.get(timeout=timeout)
+            item = self.events.get(timeout=timeout)
         except queue.Empty:
             return
-        if path is not _WAKE:
-            self._event(path, self._mono())
+        self._take(item, self._clock(), self._mono())
+
+    def _take(self, item: Any, now: float, mono: float) -> None:
+        if isinstance(item, _Message):
+            self._on_message(item, now, mono)
+        elif item is not _WAKE:
+            self._event(item, mono)
+
+    # ----------------------------------------------------------------- workers
+
+    def _spawn(self, slot: _Slot, mono: float) -> None:
+        slot.generation += 1
+        generation = slot.generation
+        index = slot.index
+
+        def deliver(data: dict[str, Any] | None) -> None:
+            self.events.put(_Message(index, generation, data))
+
+        slot.state, slot.since, slot.heard = "starting", mono, mono
+        slot.job = slot.spec = None
+        slot.killed_for, slot.eof = None, False
+        try:
+            slot.handle = self.backend.spawn(slot.index, slot.plan, deliver)
+        except OSError as exc:
+            log.error("cannot start %s: %s", slot.name, exc.strerror or exc)
+            slot.handle, slot.state = None, "down"
+            slot.restart_at = mono + RESTART_BACKOFF_MAX
+            return
+        where = f" on CUDA device {slot.plan.device}" if slot.plan.device is not None else ""
+        log.info("%s started (pid %s%s, %d thread(s))", slot.name, slot.handle.pid, where,
+                 slot.plan.threads)
+
+    def _check_workers(self, now: float, mono: float) -> None:
+        stall = self.config.daemon.stall_seconds
+        for slot in self._slots:
+            if slot.state == "down":
+                if not self._stopping and mono >= slot.restart_at:
+                    self._spawn(slot, mono)
+                continue
+            if slot.state == "exited" or slot.handle is None:
+                continue
+            rc = slot.handle.poll()
+            if rc is None and slot.eof:
+                wait = getattr(slot.handle, "wait", None)
+                rc = wait(1.0) if wait is not None else None
+            if rc is not None:
+                self._worker_exited(slot, rc, now, mono)
+                continue
+            silent = mono - slot.heard
+            if slot.state in ("busy", "starting") and silent > stall and \
+                    slot.killed_for is None:
+                what = f"on {slot.job.source}" if slot.job else "while starting"
+                log.error("%s (pid %s) has not reported for %.0f s %s "
+                          "(daemon.stall_seconds = %g); killing it", slot.name,
+                          slot.handle.pid, silent, what, stall)
+                slot.killed_for = f"no report for {silent:.0f} s: killed as stalled"
+                slot.handle.kill()
+
+    def _worker_exited(self, slot: _Slot, rc: int, now: float, mono: float) -> None:
+        how = slot.killed_for or describe_exit(rc)
+        job, ready = slot.job, slot.state != "starting"
+        slot.handle, slot.job, slot.spec = None, None, None
+        if self._stopping:
+            slot.state = "exited"
+            if job is not None:  # killed mid-job during the stop: crash-safe, back it goes
+                self.ledger.release(job.id, now)
+            return
+        if self.exit_code:  # fatal: it could not load the network
+            slot.state = "exited"
+            return
+        slot.state = "down"
+        slot.quick_deaths = 0 if ready else slot.quick_deaths + 1
+        delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** slot.quick_deaths) if slot.quick_deaths \
+            else 0.0
+        slot.restart_at = mono + delay
+        if job is None:
+            log.warning("%s died (%s); restarting it", slot.name, how)
+            return
+        log.error("%s died (%s) on %s; restarting it", slot.name, how, job.source)
+        current = self.ledger.get(job.id) or job
+        reason = f"the worker process died ({how})"
+        if current.attempts >= self.config.daemon.max_attempts:
+            reason += f" on this file {current.attempts} times"
+        self._fail(job, reason, now, permanent=False)
+
+    def _on_message(self, message: _Message, now: float, mono: float) -> None:
+        slot = self._slots[message.index]
+        if message.generation != slot.generation:
+            return  # from a process already replaced
+        data = message.data
+        if data is None:
+            slot.eof = True
+            return
+        slot.heard = mono
+        event = data.get("event")
+        if event == "ready":
+            slot.state, slot.since, slot.quick_deaths = "idle", mono, 0
+            log.info("%s ready (device %s)", slot.name, data.get("device"))
+            return
+        if event == "fatal":
+            log.error("%s cannot run jobs: %s; stopping (fix it, then start nstd again)",
+                      slot.name, data.get("reason"))
+            self.exit_code = EXIT_CONFIG
+            self.request_stop()
+            return
+        job = slot.job
+        if job is None or data.get("job") != job.id:
+            return
+        if event in ("progress", "heartbeat"):
+            self._renew(slot, now, mono)
+            if event == "progress":
+                self._progress(slot, data, mono)
+            return
+        slot.state, slot.since, slot.job, slot.spec = "idle", mono, None, None
+        try:
+            if event == "published":
+                self._complete(job, Path(data.get("output") or ""), str(data.get("summary")))
+            elif event == "failed":
+                self._failed(job, str(data.get("kind")), str(data.get("reason")), now, mono)
+        except sqlite3.Error:
+            if self._stranded is None:
+                self._stranded = job.id
+            raise
+
+    def _renew(self, slot: _Slot, now: float, mono: float) -> None:
+        if slot.job is None or mono - slot.last_renew < HEARTBEAT_SECONDS:
+            return
+        slot.last_renew = mono
+        # The lease only informs `nstd status` (the DaemonLock keeps other daemons out): a
+        # ledger that cannot be written right now must not break the running job.
+        self._ledger_write(self.ledger.renew, slot.job.id, now,
+                           self.config.daemon.lease_seconds)
+
+    def _progress(self, slot: _Slot, data: dict[str, Any], mono: float) -> None:
+        assert slot.job is not None
+        slot.stage = str(data.get("stage") or "")
+        slot.done, slot.total = int(data.get("done") or 0), int(data.get("total") or 0)
+        slot.eta = data.get("eta")
+        final = slot.total > 0 and slot.done >= slot.total
+        if slot.stage in ("frame", "iteration") and (
+                final or mono - slot.last_write >= HEARTBEAT_SECONDS):
+            slot.last_write = mono
+            self._ledger_write(self.ledger.progress, slot.job.id, slot.done, slot.total,
+                               slot.eta)
+        if mono - slot.last_log >= PROGRESS_LOG_SECONDS:
+            slot.last_log = mono
+            log.info("%s: %s %d/%d, ETA %s", slot.job.source, STAGES.get(slot.stage,
+                     slot.stage), slot.done, slot.total, format_duration(slot.eta))
+
+    # ----------------------------------------------------------------- handing out jobs
+
+    def _dispatch(self, now: float, mono: float) -> bool:
+        worked = False
+        for slot in self._slots:
+            if slot.state != "idle":
+                continue
+            if self._stranded is not None:
+                self.ledger.release(self._stranded, now)
+                log.info("the job ledger can be written again; job %d is back in the queue",
+                         self._stranded)
+                self._stranded = None
+            job = self.ledger.claim(now, self.config.daemon.lease_seconds)
+            if job is None:
+                break
+            worked = True
+            failpoint("daemon.claimed")
+            try:
+                spec = self._prepare(job, mono)
+            except sqlite3.Error:
+                if self._stranded is None:
+                    self._stranded = job.id
+                raise
+            if spec is None:
+                continue
+            slot.state, slot.job, slot.spec = "busy", job, spec
+            slot.since = slot.heard = mono
+            slot.stage, slot.done, slot.total, slot.eta = "starting", 0, 0, None
+            slot.last_write = slot.last_log = slot.last_renew = float("-inf")
+            slot.handle.send({"type": "job", "spec": spec.to_dict()})
+            self._drain(now, mono)  # an in-process worker has already finished
+        return worked
+
+    def _drain(self, now: float, mono: float) -> None:
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._take(item, now, mono)
+
+    def _prepare(self, job: Job, mono: float) -> JobSpec | None:
+        """Everything a worker needs for ``job``, or None when the job ended here (dropped,
+        failed, finished)."""
+        path = self.inbox / job.source
+        why_not = outcome.source_changed(path, job.content_key)
+        if why_not is not None:
+            self._drop(job, path, why_not, mono)
+            return None
+        kind = kind_of(path)
+        try:
+            config = job_config(self.config, job.settings, self.inbox)
+            problems = check_job(config, kind)
+            if problems:
+                raise ConfigError(problems, source="settings")
+            style_path = resolve_style(self.styles, job.style)
+            if kind is None:
+                raise InputError(f"{path.name}: not an image or a video nstd can read")
+        except ConfigError as exc:
+            self._fail(job, f"{exc.source or 'settings'}: " + "; ".join(exc.problems),
+                       self._clock(), permanent=True)
+            return None
+        except InputError as exc:
+            self._fail(job, str(exc), self._clock(), permanent=True)
+            return None
+        work = self.work / str(job.id)
+        try:
+            failpoint("daemon.link")
+            linked = link_source(path, work / INPUT_FOLDER, job.content_key)
+            output = self._output_for(job, kind, style_label(style_path))
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except InputError:
+            self._drop(job, path, "replaced", mono)
+            return None
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            self._fail(job, f"{exc.strerror or exc}{where}", self._clock(), permanent=False)
+            return None
+        existing = os.path.lexists(output)
+        attempt = f"attempt {job.attempts}/{self.config.daemon.max_attempts}"
+        if existing:
+            log.info("%s: its result %s was already published; finishing", job.source, output)
+        else:
+            log.info("started %s (job %d, %s, style %s)", job.source, job.id, attempt,
+                     job.style)
+        return JobSpec(job_id=job.id, name=job.source, source=str(linked), kind=kind,
+                       styles=(str(style_path),), config=to_mapping(config),
+                       work_dir=str(work / STORE_FOLDER), output=str(output),
+                       verify_existing=existing)
+
+    def _drop(self, job: Job, path: Path, why_not: str, mono: float) -> None:
+        self.ledger.forget(job.id)
+        self._forget_path(path)
+        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+        log.info("dropped job %d: %s was %s before it was processed", job.id, job.source,
+                 why_not)
+        self.tracker.observe(path, mono)  # a replacement is a job of its own
+
+    def _output_for(self, job: Job, kind: str, style: str, *, fresh: bool = False) -> Path:
+        """The job's recorded output, or a new free name recorded now (before publishing)."""
+        if job.output and not fresh:
+            return Path(job.output)
+        reserved = {j.output for j in self.ledger.active() if j.output and j.id != job.id}
+        if job.output:
+            reserved.add(job.output)
+        base = outcome.output_base(self.outbox, job.source, style, kind)
+        output = outcome.choose_output(base, reserved)
+        self.ledger.set_output(job.id, str(output))
+        return output
+
+    def _complete(self, job: Job, output: Path, summary: str) -> None:
+        self.ledger.complete(job.id, str(output), self._clock())
+        failpoint("daemon.completed")
+        log.info("done %s -> %s (%s)", job.source, output, summary)
+        path = self.inbox / job.source
+        try:
+            what = outcome.finish_source(path, job, self.config)
+        except OSError as exc:
+            what = f"could not handle the source ({exc.strerror or exc}); will retry"
+        self._forget_path(path)
+        log.info("%s: %s", job.source, what)
+        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
 
     # ----------------------------------------------------------------- noticing and queueing
 
@@ -389,9 +721,13 @@ class Daemon:
                 path = self.events.get_nowait()
             except queue.Empty:
                 break
-            if path is not _WAKE:
-                self._event(path, mono)
+            self._take(path, now, mono)
         self._check_inbox(mono)
+        due = [p for t, p in self._recheck if t <= mono]
+        if due:  # failed as unreadable: unchanged since? then it goes to failed/
+            self._recheck = [(t, p) for t, p in self._recheck if t > mono]
+            for path in due:
+                self.tracker.observe(path, mono)
         if mono >= self._next_rescan:
             self._next_rescan = mono + self.config.daemon.rescan_seconds
             for path in scan_inbox(self.inbox):
@@ -534,139 +870,37 @@ class Daemon:
     def _forget_path(self, path: Path) -> None:
         self._known.pop(path, None)
 
-    # ----------------------------------------------------------------- processing
-
-    def _process(self, job: Job, mono: float) -> None:
-        path = self.inbox / job.source
-        why_not = outcome.source_changed(path, job.content_key)
-        if why_not is not None:
-            self.ledger.forget(job.id)
-            self._forget_path(path)
-            log.info("dropped job %d: %s was %s before it was processed", job.id, job.source,
-                     why_not)
-            self.tracker.observe(path, mono)  # a replacement is a job of its own
-            return
-        attempt = f"attempt {job.attempts}/{self.config.daemon.max_attempts}"
-        log.info("started %s (job %d, %s, style %s)", job.source, job.id, attempt, job.style)
-        self._running = _Running(job, mono)
-        try:
-            self._attempt(job, path)
-        except Interrupted as exc:
-            if self._stopping:
-                self.ledger.release(job.id, self._clock())
-                log.info("stopped %s: back in the queue (%s)", job.source, exc)
-            else:
-                self._fail(job, str(exc), self._clock(), permanent=False)
-        except OutOfMemoryError as exc:
-            self._shrink(job, exc)
-        except (TransientError, OutputError) as exc:
-            self._fail(job, str(exc), self._clock(), permanent=False)
-        except NstdError as exc:
-            self._fail(job, str(exc), self._clock(), permanent=True)
-        except OSError as exc:  # I/O trouble (a full or read-only disk...): may pass
-            where = f" ({exc.filename})" if exc.filename else ""
-            self._fail(job, f"{exc.strerror or exc}{where}", self._clock(), permanent=False)
-        except sqlite3.Error:
-            raise  # the ledger, not the job: `step` pauses and puts the job back
-        except Exception as exc:  # noqa: BLE001 - a bug or a library error fails the job only
-            if _is_cuda_oom(exc):  # raised outside Stylizer.run (which converts its own)
-                self._shrink(job, OutOfMemoryError(f"out of GPU memory ({exc})"))
-                return
-            log.debug("traceback of job %d", job.id, exc_info=True)
-            self._fail(job, f"unexpected error: {type(exc).__name__}: {exc}", self._clock(),
-                       permanent=True)
-        finally:
-            self._running = None
-
-    def _attempt(self, job: Job, path: Path) -> None:
-        from nstd.job import JobRequest
-        from nstd.pipeline import media_kind
-
-        config = job_config(self.config, job.settings, self.inbox)
-        style_path = resolve_style(self.styles, job.style)
-        kind = media_kind(path)
-        output = self._output_for(job, kind, style_label(style_path))
-        if output.exists():  # published by an earlier run that was killed before "done"
-            try:
-                outcome.verify_output(output, kind, config.limits, source=path)
-            except OutputError:
-                log.warning("%s is not a complete result of job %d; choosing another name",
-                            output, job.id)
-                output = self._output_for(job, kind, style_label(style_path), fresh=True)
-            else:
-                log.info("%s: its result %s was already published; finishing", job.source,
-                         output)
-                self._complete(job, path, config, output, None)
-                return
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise fsutil.os_error_to_nstd(exc, output.parent, "create") from exc
-        work_dir = self.work / str(job.id) if kind == "video" else None
-        request = JobRequest(source=path, output=output, styles=(style_path,), blend=(1.0,),
-                             config=config, work_dir=work_dir)
-        report = self._run(request, config, kind)
-        try:
-            outcome.verify_output(output, kind, config.limits,
-                                  expected_frames=(report.extra or {}).get("frames"),
-                                  source=path)
-        except OutputError:
-            fsutil.remove_quietly(output)
-            raise
-        self._complete(job, path, config, output, report)
-
-    def _run(self, request: Any, config: Config, kind: str) -> Any:
-        runner = self._runner
-        if runner is None:
-            from nstd.pipeline import run_job as runner
-        stylizer = self.engines.stylizer(config)
-        kwargs = {"progress": self._on_progress, "should_stop": lambda: self._stopping,
-                  "heartbeat": self._heartbeat}
-        try:
-            return runner(request, stylizer, **kwargs)
-        except UsageError:
-            # The video's stored frames were made with other settings (config.yaml changed
-            # between runs, or the style image was edited): they cannot be reused. Start the
-            # frames over once; any other usage error repeats and fails the job.
-            manifest = request.work_dir / "manifest.json" if request.work_dir else None
-            if kind != "video" or manifest is None or not manifest.exists():
-                raise
-            log.info("%s: stored frames were made with other settings; starting over",
-                     request.source.name)
-            shutil.rmtree(request.work_dir, ignore_errors=True)
-            return runner(request, stylizer, **kwargs)
-
-    def _output_for(self, job: Job, kind: str, style: str, *, fresh: bool = False) -> Path:
-        """The job's recorded output, or a new free name recorded now (before publishing)."""
-        if job.output and not fresh:
-            return Path(job.output)
-        reserved = {j.output for j in self.ledger.active() if j.output and j.id != job.id}
-        if job.output:
-            reserved.add(job.output)
-        base = outcome.output_base(self.outbox, job.source, style, kind)
-        output = outcome.choose_output(base, reserved)
-        self.ledger.set_output(job.id, str(output))
-        return output
-
-    def _complete(self, job: Job, path: Path, config: Config, output: Path,
-                  report: Any) -> None:
-        self.ledger.complete(job.id, str(output), self._clock())
-        failpoint("daemon.completed")
-        running = self._running
-        seconds = self._mono() - running.started if running is not None else 0.0
-        log.info("done %s -> %s (%s)", job.source, output, _summary(report, seconds))
-        try:
-            what = outcome.finish_source(path, job, config)
-        except OSError as exc:
-            what = f"could not handle the source ({exc.strerror or exc}); will retry"
-        self._forget_path(path)
-        log.info("%s: %s", job.source, what)
-        # Finished "already published" after a crash, the pipeline did not get to remove it.
-        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
-
     # ----------------------------------------------------------------- failures
 
-    def _shrink(self, job: Job, exc: OutOfMemoryError) -> None:
+    def _failed(self, job: Job, kind: str, reason: str, now: float, mono: float) -> None:
+        """A worker reported that ``job`` failed (see `nstd.daemon.jobspec` for the kinds)."""
+        if kind == "stopped":
+            self.ledger.release(job.id, now)
+            log.info("stopped %s: back in the queue (%s)", job.source, reason)
+        elif kind == "oom":
+            self._shrink(job, reason)
+        elif kind == "name_taken":
+            log.warning("%s; choosing another name", reason)
+            current = self.ledger.get(job.id) or job
+            label = Path(current.output or "x").stem.rsplit(".", 1)[-1]
+            self._output_for(current, kind_of(job.source) or "image", label, fresh=True)
+            self.ledger.release(job.id, now)
+        elif kind == "input":
+            path = self.inbox / job.source
+            if outcome.source_changed(path, job.content_key) is not None:
+                # Read as truncated, and the file changed since: a copy still in progress.
+                self.ledger.forget(job.id)
+                self._forget_path(path)
+                shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+                log.warning("%s changed while it was read (%s): a copy still in progress? "
+                            "It is taken again once it settles", job.source, reason)
+                self.tracker.observe(path, mono)
+            else:
+                self._fail(job, reason, now, permanent=True, hold=True)
+        else:
+            self._fail(job, reason, now, permanent=(kind == "permanent"))
+
+    def _shrink(self, job: Job, reason: str) -> None:
         current = self.ledger.get(job.id) or job
         try:
             config = job_config(self.config, current.settings, self.inbox)
@@ -675,21 +909,29 @@ class Daemon:
         old = config.style.max_side
         new = max(16, int(old * OOM_SHRINK))
         if new >= old:
-            self._fail(job, f"{exc} (already at the smallest size)", self._clock(),
+            self._fail(job, f"{reason} (already at the smallest size)", self._clock(),
                        permanent=True)
             return
         settings = dict(current.settings)
         settings["style"] = {**dict(settings.get("style") or {}), "max_side": new}
         self.ledger.set_settings(job.id, settings)
         # Frames stored at the old size cannot be mixed with new ones.
-        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+        shutil.rmtree(self.work / str(job.id) / STORE_FOLDER, ignore_errors=True)
         log.warning("%s: out of memory at style.max_side %d; the next attempt uses %d",
                     job.source, old, new)
-        self._fail(job, str(exc), self._clock(), permanent=False)
+        self._fail(job, reason, self._clock(), permanent=False)
 
     def _fail(self, job: Job, reason: str, now: float, *, permanent: bool,
-              settings: dict[str, Any] | None = None) -> None:
+              settings: dict[str, Any] | None = None, hold: bool = False) -> None:
+        """Record a failed attempt; when the job is failed for good, move its source to
+        failed/ (``hold``: not yet; the file is looked at again after a while, and moved
+        then only if it has not changed: a copy that paused is not a broken file)."""
         d = self.config.daemon
+        # The linked source goes first (it is taken again at the next claim): unlinking it
+        # changes the source's ctime, which must stay older than the failure's time (see
+        # _untouched_since).
+        shutil.rmtree(self.work / str(job.id) / INPUT_FOLDER, ignore_errors=True)
+        now = max(now, self._clock())
         current = self.ledger.get(job.id)
         if current is not None and current.output and not os.path.lexists(current.output):
             self.ledger.set_output(job.id, None)  # nothing was published under that name
@@ -707,6 +949,11 @@ class Daemon:
         log.error("failed %s after %d attempt(s): %s", job.source, updated.attempts, reason)
         failpoint("daemon.failed_marked")
         path = self.inbox / job.source
+        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+        if hold:
+            self._forget_path(path)
+            self._recheck.append((self._mono() + INPUT_HOLD_SETTLES * d.settle_seconds, path))
+            return
         used = updated.settings if settings is None else settings
         try:
             config = job_config(self.config, used, self.inbox)
@@ -720,7 +967,6 @@ class Daemon:
         if moved is not None:
             log.info("%s: moved to %s", job.source, moved)
             self._forget_path(path)
-        shutil.rmtree(self.work / str(job.id), ignore_errors=True)
 
     def _clean_work_dirs(self) -> None:
         """Remove work folders of jobs that are no longer queued or running."""
@@ -732,50 +978,6 @@ class Daemon:
                     and entry.name not in live:
                 shutil.rmtree(entry, ignore_errors=True)
                 log.info("removed the work folder of finished job %s", entry.name)
-
-    # ----------------------------------------------------------------- while a job runs
-
-    def _heartbeat(self) -> None:
-        """Called by the engine at least once per iteration: throttled to ~1/s."""
-        failpoint("job.heartbeat")
-        running = self._running
-        mono = self._mono()
-        if running is None or mono - running.last_beat < HEARTBEAT_SECONDS:
-            return
-        running.last_beat = mono
-        now = self._clock()
-        # The lease only informs `nstd status` (the DaemonLock keeps other daemons out): a
-        # ledger that cannot be written right now must not break the running job.
-        self._ledger_write(self.ledger.renew, running.job.id, now,
-                           self.config.daemon.lease_seconds)
-        self.notifier.watchdog()
-        self._last_ping = mono
-        # Keep noticing and queueing files while a long job runs (status shows them).
-        try:
-            self._intake(now, mono)
-        except Exception as exc:  # noqa: BLE001 - never let intake break the running job
-            log.error("inbox intake failed: %s: %s", type(exc).__name__, exc)
-        self._set_status()
-
-    def _on_progress(self, progress: JobProgress) -> None:
-        failpoint("job.progress")
-        if progress.unit == "frame":
-            failpoint("video.frame")  # the frame is on its way to the store and the encoder
-        running = self._running
-        if running is None:
-            return
-        running.progress = progress
-        mono = self._mono()
-        final = progress.total > 0 and progress.done >= progress.total
-        if final or mono - running.last_write >= HEARTBEAT_SECONDS:
-            running.last_write = mono
-            self._ledger_write(self.ledger.progress, running.job.id, progress.done,
-                               progress.total, progress.eta)
-            self._set_status()
-        if mono - running.last_log >= PROGRESS_LOG_SECONDS:
-            running.last_log = mono
-            log.info("%s: %s", running.job.source, describe(progress))
-        self._heartbeat()
 
     def _ledger_write(self, write: Callable[..., Any], *args: Any) -> None:
         """A write that may fail while a job runs (progress, lease): logged once, ignored."""
@@ -791,23 +993,34 @@ class Daemon:
 
     # ----------------------------------------------------------------- systemd
 
+    def _healthy(self, mono: float) -> bool:
+        """Every busy worker has reported within daemon.stall_seconds."""
+        stall = self.config.daemon.stall_seconds
+        return all(mono - slot.heard <= stall for slot in self._slots if slot.state == "busy")
+
     def _ping(self, mono: float) -> None:
+        """WATCHDOG=1 on the supervisor's own timer, while its loop runs and the busy
+        workers report: a hung worker is killed and restarted instead, and a hung loop
+        gets the service restarted by systemd."""
         if self._watchdog_every is not None and mono - self._last_ping >= \
-                self._watchdog_every * 0.9:
+                self._watchdog_every * 0.9 and self._healthy(mono):
             self.notifier.watchdog()
             self._last_ping = mono
 
     def _status_line(self) -> str:
         counts = self.ledger.counts()
         queued = f"{counts['queued']} queued"
-        running = self._running
-        if running is None:
+        busy = [slot for slot in self._slots if slot.state == "busy" and slot.job]
+        if not busy:
             failed = f", {counts['failed']} failed" if counts["failed"] else ""
             return f"idle; {queued}{failed}"
-        p = running.progress
-        where = (f"{p.unit} {p.done}/{p.total}, ETA {format_duration(p.eta)}" if p else
-                 "starting")
-        return f"{running.job.source}: {where}; {queued}"
+        parts = []
+        for slot in busy:
+            assert slot.job is not None
+            where = (f"{STAGES.get(slot.stage, slot.stage)} {slot.done}/{slot.total}, "
+                     f"ETA {format_duration(slot.eta)}" if slot.total else "starting")
+            parts.append(f"{slot.job.source}: {where}")
+        return f"{'; '.join(parts)}; {queued}"
 
     def _set_status(self) -> None:
         if not self.notifier.enabled:
@@ -822,6 +1035,9 @@ class Daemon:
             return relative_source(self.inbox, path)
         except ValueError:
             return str(path)
+
+
+Daemon = Supervisor  # the name before the supervisor/worker split
 
 
 # --------------------------------------------------------------------------- helpers

@@ -39,7 +39,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from nstd.config import LimitsConfig
 
 log = logging.getLogger(__name__)
+
+PacketProgress = Callable[[int], None]  # packets (frames) counted so far
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 
@@ -266,13 +268,16 @@ def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def probe_video(
-    path: str | os.PathLike[str], limits: LimitsConfig, *, scan: bool = True
+    path: str | os.PathLike[str], limits: LimitsConfig, *, scan: bool = True,
+    progress: PacketProgress | None = None,
 ) -> VideoInfo:
     """Inspect a source video and refuse what nstd cannot or must not process.
 
     limits: anything with max_file_bytes, max_pixels, max_video_seconds, max_video_frames.
     scan: count every video packet (no decoding) for an exact frame count and truncation
     check; False trusts the header (faster on huge files, estimates the frame count).
+    progress: called with the packets counted so far, per packet (a long file's scan takes
+    a while: the daemon's worker reports from it; the callback throttles itself).
 
     Raises InputError: missing/empty/not a regular file, unsupported container, no video
     stream (e.g. audio only), undecodable stream or zero frames, truncated or corrupt file,
@@ -334,6 +339,8 @@ def probe_video(
             try:
                 for packet in container.demux(stream):
                     scanner.add(packet)
+                    if progress is not None:
+                        progress(scanner.count)
                     if scanner.count > limits.max_video_frames:
                         raise InputError(
                             f"{path} has more than {limits.max_video_frames} frames, above"
@@ -583,7 +590,8 @@ def count_frames(path: str | os.PathLike[str]) -> int:
         return scan.count
 
 
-def verify_video(path: str | os.PathLike[str], expected_frames: int) -> bool:
+def verify_video(path: str | os.PathLike[str], expected_frames: int,
+                 progress: PacketProgress | None = None) -> bool:
     """Check a finished output before anything irreversible (moving the source) happens.
 
     Counts the video packets and compares with `expected_frames`. Returns True, or raises
@@ -602,6 +610,8 @@ def verify_video(path: str | os.PathLike[str], expected_frames: int) -> bool:
         try:
             for packet in container.demux(stream):
                 scan.add(packet)
+                if progress is not None:
+                    progress(scan.count)
         except av.FFmpegError as exc:
             raise OutputError(f"output check failed: {path} is unreadable ({_why(exc)})") from None
     if scan.count != expected_frames:

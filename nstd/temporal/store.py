@@ -67,6 +67,17 @@ class FrameStore:
         store._write_manifest()
         return store
 
+    @staticmethod
+    def stored_fingerprint(root: Path) -> dict[str, Any] | None:
+        """The fingerprint the frames in ``root`` were made with; None when there are none
+        (or the manifest is unreadable: nothing in it can be trusted)."""
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        stored = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+        return stored if isinstance(stored, dict) else None
+
     def _write_manifest(self) -> None:
         _write_atomic(self.root / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
