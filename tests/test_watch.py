@@ -22,6 +22,7 @@ from watchdog.events import (
 
 from nstd.daemon.watch import (
     InboxEventHandler,
+    OpenWrites,
     StabilityTracker,
     is_candidate_name,
     scan_inbox,
@@ -277,6 +278,134 @@ def test_observer_end_to_end(tmp_path: Path, poll: bool) -> None:
             except queue.Empty:
                 pass
         assert expected <= seen
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+
+
+# ------------------------------------------------ files still open for writing (inotify)
+
+
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    """Wait for the observer thread to have handled an event (a real inotify delivery)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_file_written_and_not_closed_is_never_due(tmp_path: Path) -> None:
+    """inotify: modified with no closed-write since means a writer holds it; a stall of any
+    length is not stability. The close restarts the settle time."""
+    path = write(tmp_path / "clip.mp4", b"half")
+    handler = InboxEventHandler(tmp_path, reports_closes=True)
+    tracker = StabilityTracker(settle_seconds=2.0, writes=handler.writes)
+    handler.dispatch(FileCreatedEvent(str(path)))
+    handler.dispatch(FileModifiedEvent(str(path)))
+    for p in drain(handler.paths):
+        tracker.observe(p, now=0.0)
+    assert tracker.due(now=2.0) == []  # size and mtime stood still, but it is open
+    assert tracker.due(now=60.0) == []
+    assert tracker.next_due(now=60.0) is not None and path in tracker
+    handler.dispatch(FileClosedEvent(str(path)))  # the copy resumed and finished
+    for p in drain(handler.paths):
+        tracker.observe(p, now=61.0)
+    assert tracker.due(now=62.9) == []  # settle_seconds from the close, not from the stall
+    assert tracker.due(now=63.0) == [path]
+
+
+def test_only_modifications_mean_open_for_writing(tmp_path: Path) -> None:
+    """A move or hard link in gives only "created" (never a close): not held. Without close
+    events (polling) "modified" means nothing either: size and mtime decide."""
+    moved_in = write(tmp_path / "moved.png")
+    handler = InboxEventHandler(tmp_path, reports_closes=True)
+    tracker = StabilityTracker(settle_seconds=1.0, writes=handler.writes)
+    handler.dispatch(FileCreatedEvent(str(moved_in)))
+    tracker.observe(moved_in, now=0.0)
+    assert tracker.due(now=1.0) == [moved_in]
+
+    polled = write(tmp_path / "polled.png")
+    polling = InboxEventHandler(tmp_path)  # reports_closes=False: what polling gets
+    tracker = StabilityTracker(settle_seconds=1.0, writes=polling.writes)
+    polling.dispatch(FileModifiedEvent(str(polled)))
+    tracker.observe(polled, now=0.0)
+    assert len(polling.writes) == 0
+    assert tracker.due(now=1.0) == [polled]
+
+
+def test_open_state_follows_renames_and_deletions(tmp_path: Path) -> None:
+    handler = InboxEventHandler(tmp_path, reports_closes=True)
+    part, final = tmp_path / "clip.mp4.part", tmp_path / "clip.mp4"
+    handler.dispatch(FileModifiedEvent(str(part)))
+    handler.dispatch(FileMovedEvent(str(part), str(final)))  # renamed while still open
+    assert handler.writes.is_open(final) and not handler.writes.is_open(part)
+    handler.dispatch(FileDeletedEvent(str(final)))
+    assert not handler.writes.is_open(final) and len(handler.writes) == 0
+
+
+def test_a_lost_close_event_holds_a_file_only_until_open_limit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "clip.mp4")
+    handler = InboxEventHandler(tmp_path, reports_closes=True)
+    tracker = StabilityTracker(settle_seconds=1.0, writes=handler.writes, open_limit=100.0,
+                               warn_after=50.0)
+    handler.dispatch(FileModifiedEvent(str(path)))  # ... and its close never arrives
+    tracker.observe(path, now=0.0)
+    with caplog.at_level(logging.WARNING, logger="nstd.daemon.watch"):
+        assert tracker.due(now=50.0) == []
+        assert tracker.due(now=99.0) == []
+        assert tracker.due(now=100.0) == [path]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("still open for writing" in m for m in messages) == 1
+    assert sum("a close event may have been lost" in m for m in messages) == 1
+
+
+def test_open_writes_stay_bounded() -> None:
+    writes = OpenWrites(limit=3)
+    for i in range(5):
+        writes.modified(Path(f"/inbox/{i}.mp4"))
+    assert len(writes) == 3 and not writes.is_open(Path("/inbox/0.mp4"))
+    assert writes.is_open(Path("/inbox/4.mp4"))
+
+
+def test_real_inotify_copy_that_stalls_half_way_is_not_taken(tmp_path: Path) -> None:
+    """A real writer (inotify events from the kernel) stalls for 3 x settle_seconds with half
+    the file written: not due; once it completes and closes, due after settle_seconds.
+    The tracker's clock is stepped by hand, so the stall costs no real time."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    handler = InboxEventHandler(inbox)
+    tracker = StabilityTracker(settle_seconds=5.0, writes=handler.writes)
+    observer = start_observer(inbox, handler, poll=False)
+    try:
+        assert handler.reports_closes
+        path = inbox / "clip.mp4"
+        data = os.urandom(256 * 1024)
+        with path.open("wb") as f:
+            f.write(data[:len(data) // 2])
+            f.flush()
+            wait_until(lambda: handler.writes.is_open(path), "the modified event")
+            for p in drain(handler.paths):
+                tracker.observe(p, now=0.0)
+            assert path in tracker
+            assert tracker.due(now=15.0) == []  # 3 x settle_seconds of silence, still open
+            f.write(data[len(data) // 2:])
+        wait_until(lambda: not handler.writes.is_open(path), "the closed event")
+        for p in drain(handler.paths):
+            tracker.observe(p, now=16.0)
+        assert tracker.due(now=20.9) == []
+        assert tracker.due(now=21.0) == [path]
+        assert path.read_bytes() == data
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+
+
+def test_polling_observer_does_not_claim_to_know_writers(tmp_path: Path) -> None:
+    handler = InboxEventHandler(tmp_path, reports_closes=True)
+    observer = start_observer(tmp_path, handler, poll=True, poll_interval=0.2)
+    try:
+        assert not handler.reports_closes  # no close events: size + mtime only
     finally:
         observer.stop()
         observer.join(timeout=5)

@@ -6,6 +6,11 @@ every event (and every scan hit) goes through `StabilityTracker`, which takes a 
 once its size and mtime have stood still for ``settle_seconds``; a start-up scan and a periodic
 rescan (`scan_inbox`) catch what events miss.
 
+On inotify the handler also knows which files are still open for writing (`OpenWrites`: a
+modified event and no closed-write since): such a file is never stable, however long it stands
+still, so a copy that stalls half-way (Wi-Fi, a network share) is not taken. Polling has no
+close events: there the rule stays size + mtime.
+
 Nothing here follows a symlink or opens a file: a link in the inbox must not make the service
 read outside it, and opening a FIFO would block.
 """
@@ -16,10 +21,12 @@ import logging
 import os
 import queue
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import watchdog.events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -165,6 +172,51 @@ def scan_inbox(inbox: str | os.PathLike[str], *, max_depth: int = MAX_DEPTH) -> 
         stack.extend(reversed(subfolders))
 
 
+class OpenWrites:
+    """Files an inotify watch saw written to (modified) with no closed-write since.
+
+    Thread-safe: `InboxEventHandler` records on the observer's thread, `StabilityTracker`
+    asks on the daemon's. A write needs an open descriptor and the kernel reports its close
+    (IN_CLOSE_WRITE) even when the writer is killed, so "modified, not closed" means a writer
+    still holds the file. Only modifications count, not creations: a move or a hard link into
+    the inbox gives "created" and never a close. Attribute changes (utime, chmod) are other
+    events and do not count either. At most ``limit`` files are remembered (the oldest entry
+    is forgotten first; `StabilityTracker` also stops trusting an entry after ``open_limit``).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Path, None] = {}  # insertion-ordered: the oldest first
+        self._limit = limit
+
+    def modified(self, path: Path) -> None:
+        with self._lock:
+            self._open.pop(path, None)
+            if len(self._open) >= self._limit:
+                del self._open[next(iter(self._open))]
+            self._open[path] = None
+
+    def closed(self, path: Path) -> None:
+        with self._lock:
+            self._open.pop(path, None)
+
+    def moved(self, src: Path, dest: Path) -> None:
+        """A rename keeps the descriptor: a file still open under its old name is still open
+        under the new one (a move out of the inbox is forgotten when its dest is dropped)."""
+        with self._lock:
+            if src in self._open:
+                del self._open[src]
+                self._open[dest] = None
+
+    def is_open(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._open
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
 @dataclass
 class _Seen:
     size: int
@@ -172,6 +224,7 @@ class _Seen:
     changed_at: float  # when (size, mtime) last changed, on the caller's clock
     first_seen: float
     warned: bool = False
+    writing: bool = False  # open for writing when last checked (OpenWrites)
 
 
 class StabilityTracker:
@@ -179,14 +232,26 @@ class StabilityTracker:
 
     ``now`` may come from any monotonic-enough clock (the daemon uses ``time.monotonic()``);
     it is only ever compared with other ``now`` values given to the same tracker.
+
+    With ``writes`` (the handler's `OpenWrites`, on inotify) a file that is still open for
+    writing is never due: its settle time starts again when the writer closes it. A close
+    event that never came (an inotify queue overflow, a watch restarted in between) would keep
+    a file waiting for ever, so an entry unchanged in size and mtime for ``open_limit`` seconds
+    is no longer trusted and the file is judged by size and mtime alone (logged).
     """
 
-    def __init__(self, settle_seconds: float, *, warn_after: float | None = None) -> None:
-        """``warn_after``: log once when a file is still changing this long after it was first
-        seen (default: the larger of 10 minutes and 20 x ``settle_seconds``)."""
+    def __init__(self, settle_seconds: float, *, warn_after: float | None = None,
+                 writes: OpenWrites | None = None, open_limit: float | None = None) -> None:
+        """``warn_after``: log once when a file is still changing (or open for writing) this
+        long after it was first seen (default: the larger of 10 minutes and 20 x
+        ``settle_seconds``). ``open_limit``: default the larger of an hour and 100 x
+        ``settle_seconds``."""
         self.settle_seconds = float(settle_seconds)
         self.warn_after = (max(600.0, 20 * self.settle_seconds)
                            if warn_after is None else float(warn_after))
+        self.open_limit = (max(3600.0, 100 * self.settle_seconds)
+                           if open_limit is None else float(open_limit))
+        self.writes = writes
         self._files: dict[Path, _Seen] = {}
 
     def __len__(self) -> int:
@@ -209,7 +274,8 @@ class StabilityTracker:
         """Note that ``path`` may have changed (an event or a scan hit).
 
         A gone, unreadable or non-regular path is dropped. Observing an unchanged file does
-        not restart its settle time, so repeated rescans cannot starve a quiet file.
+        not restart its settle time, so repeated rescans cannot starve a quiet file; a file
+        whose writer closed it since it was last seen open does restart it.
         """
         path = Path(path)
         sig = self._signature(path)
@@ -218,20 +284,26 @@ class StabilityTracker:
             return
         seen = self._files.get(path)
         if seen is None:
-            self._files[path] = _Seen(sig[0], sig[1], changed_at=now, first_seen=now)
+            self._files[path] = _Seen(sig[0], sig[1], changed_at=now, first_seen=now,
+                                      writing=self._open(path))
         elif (seen.size, seen.mtime_ns) != sig:
             seen.size, seen.mtime_ns = sig
             seen.changed_at = now
+            seen.writing = self._open(path)
+        else:
+            self._update_writing(path, seen, now)
 
     def due(self, now: float) -> list[Path]:
-        """Files unchanged for ``settle_seconds``, re-checked now; they stop being tracked.
+        """Files unchanged for ``settle_seconds`` and not open for writing, re-checked now;
+        they stop being tracked.
 
         A file that changed since it was last seen restarts its settle time instead; one that
         vanished is dropped. Returned in the order they were first noticed.
         """
         ready: list[Path] = []
         for path, seen in list(self._files.items()):
-            if now - seen.changed_at < self.settle_seconds:
+            self._update_writing(path, seen, now)
+            if seen.writing or now - seen.changed_at < self.settle_seconds:
                 self._warn_if_slow(path, seen, now)
                 continue
             sig = self._signature(path)
@@ -247,17 +319,43 @@ class StabilityTracker:
         return ready
 
     def next_due(self, now: float) -> float | None:
-        """Seconds until the earliest tracked file could be due (0 if now); None if none."""
+        """Seconds until the earliest tracked file could be due (0 if now); None if none.
+
+        A file open for writing waits for its close event (which wakes the daemon) or for
+        ``open_limit``; it is re-checked at least every ``settle_seconds``.
+        """
         if not self._files:
             return None
         earliest = min(seen.changed_at for seen in self._files.values())
         return max(0.0, earliest + self.settle_seconds - now)
 
+    def _open(self, path: Path) -> bool:
+        return self.writes is not None and self.writes.is_open(path)
+
+    def _update_writing(self, path: Path, seen: _Seen, now: float) -> None:
+        """Follow the open-for-writing state: a close restarts the settle time; an entry that
+        stood still for ``open_limit`` is no longer trusted."""
+        writing = self._open(path)
+        if writing and now - seen.changed_at >= self.open_limit:
+            log_once(("never closed", path, seen.size, seen.mtime_ns), logging.WARNING,
+                     "%s was written and not closed, and has not changed for %.0f s; judging "
+                     "it by size and mtime alone (a close event may have been lost)",
+                     path, now - seen.changed_at)
+            seen.writing = False
+            return
+        if seen.writing and not writing:
+            seen.changed_at = now  # closed since it was last seen open: settle from here
+        seen.writing = writing
+
     def _warn_if_slow(self, path: Path, seen: _Seen, now: float) -> None:
         if not seen.warned and now - seen.first_seen >= self.warn_after:
             seen.warned = True
-            log.warning("%s is still changing after %.0f s; waiting until it stops",
-                        path, now - seen.first_seen)
+            if seen.writing:
+                log.warning("%s is still open for writing after %.0f s; waiting until its "
+                            "writer closes it", path, now - seen.first_seen)
+            else:
+                log.warning("%s is still changing after %.0f s; waiting until it stops",
+                            path, now - seen.first_seen)
 
 
 def _is_hidden_below(path: Path, inbox: Path) -> bool:
@@ -282,13 +380,20 @@ class InboxEventHandler(FileSystemEventHandler):
     because files that arrive inside a folder produce no events of their own. When the inbox
     folder itself is deleted or moved away, the inbox path itself is put on the queue: the
     watch on it is dead, and the daemon re-arms it once the folder is back.
+
+    With ``reports_closes`` (set by `start_observer` for inotify; polling has no close
+    events) it also keeps ``writes``, the files modified and not closed since, for the
+    `StabilityTracker` to consult: ``StabilityTracker(settle, writes=handler.writes)``.
     """
 
     def __init__(self, inbox: str | os.PathLike[str],
-                 paths: queue.SimpleQueue[Path] | None = None) -> None:
+                 paths: queue.SimpleQueue[Path] | None = None, *,
+                 writes: OpenWrites | None = None, reports_closes: bool = False) -> None:
         super().__init__()
         self.inbox = Path(inbox)
         self.paths: queue.SimpleQueue[Path] = queue.SimpleQueue() if paths is None else paths
+        self.writes = OpenWrites() if writes is None else writes
+        self.reports_closes = reports_closes
 
     def _offer(self, raw: bytes | str) -> None:
         if not raw:
@@ -326,10 +431,18 @@ class InboxEventHandler(FileSystemEventHandler):
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
+            if self.reports_closes and event.src_path:
+                # Recorded before the path is offered: the daemon must never see the event
+                # without knowing that a writer holds the file.
+                self.writes.modified(Path(os.fsdecode(event.src_path)))
             self._guarded(self._offer, event.src_path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
+        # watchdog's "closed" is IN_CLOSE_WRITE: a writer let go (a reader's close is
+        # "closed_no_write", not handled).
         if not event.is_directory:
+            if event.src_path:
+                self.writes.closed(Path(os.fsdecode(event.src_path)))
             self._guarded(self._offer, event.src_path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
@@ -341,11 +454,16 @@ class InboxEventHandler(FileSystemEventHandler):
                 return
             self._guarded(self._scan_folder, event.dest_path)
         else:
+            if event.src_path and event.dest_path:
+                self.writes.moved(Path(os.fsdecode(event.src_path)),
+                                  Path(os.fsdecode(event.dest_path)))
             self._guarded(self._offer, event.dest_path)
 
     def on_deleted(self, event: FileSystemEvent) -> None:
         if event.is_directory and self._is_inbox(event.src_path):
             self.paths.put(self.inbox)
+        elif not event.is_directory and event.src_path:
+            self.writes.closed(Path(os.fsdecode(event.src_path)))  # nothing left to wait for
 
     def _is_inbox(self, raw: bytes | str) -> bool:
         return bool(raw) and Path(os.fsdecode(raw)) == self.inbox
@@ -356,9 +474,13 @@ def start_observer(inbox: str | os.PathLike[str], handler: FileSystemEventHandle
     """Start a recursive watchdog observer on ``inbox``: inotify, or polling when ``poll``.
 
     Falls back to polling (with a warning) when inotify cannot start, e.g. when the
-    per-user inotify watch limit is exhausted. Symlinked folders are not followed.
+    per-user inotify watch limit is exhausted. Symlinked folders are not followed. An
+    `InboxEventHandler` is told whether close events will come (``reports_closes``): only
+    inotify has them, so only there does "modified, not closed" mean "still being written".
     """
     def start(observer: BaseObserver) -> BaseObserver:
+        if isinstance(handler, InboxEventHandler):
+            handler.reports_closes = _reports_closes(observer)
         observer.schedule(handler, os.fspath(inbox), recursive=True, follow_symlink=False)
         observer.start()
         return observer
@@ -371,3 +493,15 @@ def start_observer(inbox: str | os.PathLike[str], handler: FileSystemEventHandle
         log.warning("inotify unavailable for %s (%s); polling every %.0f s instead",
                     inbox, exc, poll_interval)
         return start(PollingObserver(timeout=poll_interval))
+
+
+def _reports_closes(observer: BaseObserver) -> bool:
+    """inotify reports closed-writes; polling and other platforms' observers do not. Older
+    watchdog releases also reported attribute changes (a ``cp -p``'s utime after its close)
+    as "modified", which would look like a writer that never closes: trusted only where
+    attribute changes are events of their own."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # pragma: no cover - not Linux
+        return False
+    return isinstance(observer, InotifyObserver) and hasattr(watchdog.events, "FileAttribEvent")
