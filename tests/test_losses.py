@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
 
@@ -32,9 +31,19 @@ def test_gram_is_fp32_under_bf16_autocast() -> None:
     torch.testing.assert_close(gram, gram_matrix(feats.bfloat16().float()))
 
 
-def test_content_loss_is_mse() -> None:
-    a, b = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
-    torch.testing.assert_close(content_loss(a, b), F.mse_loss(a, b))
+def test_content_loss_is_the_mean_squared_difference() -> None:
+    a = torch.zeros(1, 2, 2, 2)
+    b = torch.zeros(1, 2, 2, 2)
+    b[0, 0, 0, 0] = 2.0  # squared difference 4
+    b[0, 1, 1, 0] = -1.0  # squared difference 1
+    # (4 + 1) over all 8 elements, not summed and not over channels only.
+    assert content_loss(a, b).item() == pytest.approx(5 / 8)
+    assert content_loss(b, a).item() == pytest.approx(5 / 8)  # symmetric
+    assert content_loss(b, b).item() == 0.0
+    # Independent of size: the same per-element difference on a map 4x as large.
+    assert content_loss(a.repeat(1, 1, 2, 2), b.repeat(1, 1, 2, 2)).item() == pytest.approx(5 / 8)
+    # bf16 features still give a float32 loss.
+    assert content_loss(a.bfloat16(), b.bfloat16()).dtype == torch.float32
 
 
 def test_style_loss_weighted_sum_skips_zero_weights() -> None:
