@@ -76,9 +76,12 @@ class StyleConfig:
     )
     min_scale_side: int = _opt(64, "coarser scales whose longest side is below this are skipped",
                                min=16)
-    iterations: int = _opt(300, "optimizer iterations at the final scale", min=0)
-    coarse_iterations: int = _opt(150, "optimizer iterations at each coarser scale", min=0)
-    optimizer: Literal["lbfgs", "adam"] = _opt("lbfgs", "lbfgs (default) or adam")
+    iterations: int = _opt(
+        300, "iterations (= network evaluations) at the final scale", min=0)
+    coarse_iterations: int = _opt(
+        150, "iterations (= network evaluations) at each coarser scale", min=0)
+    optimizer: Literal["lbfgs", "adam"] = _opt(
+        "lbfgs", "lbfgs (box-constrained, line search; default) or adam")
     learning_rate: float = _opt(0.02, "Adam step size (image values are in [0, 1])", min=0.0)
     lbfgs_history: int = _opt(20, "L-BFGS history size", min=1)
     tolerance: float = _opt(1.0e-4, "early stop: relative loss change below this ...", min=0.0)
