@@ -35,6 +35,11 @@ Points (and where they are, under nstd/):
     daemon.completed       ledger says done, source not yet moved         daemon/supervisor.py
     outcome.sidecar_moved  sidecar moved to done/ or failed/, source not  daemon/outcome.py
     daemon.failed_marked   ledger says failed, source not yet moved       daemon/supervisor.py
+    daemon.worker_died     the supervisor found a worker dead             daemon/supervisor.py
+    daemon.link            a claimed source is about to be linked         daemon/supervisor.py
+
+Workers inherit NSTD_FAILPOINTS (a poison file kills every worker that touches it); with
+NSTD_FAILPOINTS_WORKERS=first only a worker's first process is armed (its restart runs clean).
 
 Tests in the same process use `configure` (and `configure(None)` to reset).
 """

@@ -68,7 +68,8 @@ def plan_workers(config: Config, environ: Mapping[str, str] = os.environ,
     auto: one per visible CUDA device (each pinned to it), 1 on a CPU machine or when
     ``model.device`` is ``cpu`` or names one device (``cuda:N``). A number N: N workers,
     spread over the visible devices in turn. Threads: the cores shared out, at least 1 (on a
-    CPU, workers x threads above the cores makes every iteration many times slower).
+    CPU, workers x threads above the cores makes every iteration many times slower), capped
+    by ``OMP_NUM_THREADS`` when that is set.
     """
     device = config.model.device
     gpus = [] if device == "cpu" or device.startswith("cuda:") else visible_gpus(environ)
@@ -76,6 +77,10 @@ def plan_workers(config: Config, environ: Mapping[str, str] = os.environ,
     count = (len(gpus) or 1) if setting == "auto" else int(setting)
     cores = cores or os.cpu_count() or 1
     threads = max(1, cores // count)
+    try:  # an explicit OMP_NUM_THREADS (e.g. a machine shared with other work) caps it
+        threads = min(threads, max(1, int(environ.get("OMP_NUM_THREADS", ""))))
+    except ValueError:
+        pass
     return [WorkerPlan(gpus[i % len(gpus)] if gpus else None, threads) for i in range(count)]
 
 
@@ -97,8 +102,10 @@ class WorkerProcess:
 
     def __init__(self, name: str, plan: WorkerPlan, config: Config,
                  deliver: Callable[[dict[str, Any] | None], None],
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 environ: Mapping[str, str] = os.environ, first: bool = True) -> None:
         env = dict(environ)
+        if not first and env.get("NSTD_FAILPOINTS_WORKERS") == "first":
+            env.pop("NSTD_FAILPOINTS", None)  # tests: only a worker's first process is armed
         env.update({"NSTD_WORKER_NAME": name, "OMP_NUM_THREADS": str(plan.threads),
                     "PYTHONUNBUFFERED": "1"})
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
@@ -155,5 +162,6 @@ class ProcessBackend:
         self.config = config
 
     def spawn(self, index: int, plan: WorkerPlan,
-              deliver: Callable[[dict[str, Any] | None], None]) -> WorkerProcess:
-        return WorkerProcess(f"worker{index + 1}", plan, self.config, deliver)
+              deliver: Callable[[dict[str, Any] | None], None], *,
+              first: bool = True) -> WorkerProcess:
+        return WorkerProcess(f"worker{index + 1}", plan, self.config, deliver, first=first)

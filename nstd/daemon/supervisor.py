@@ -78,10 +78,14 @@ WRITABLE_KEYS = ("inbox", "outbox", "work", "failed", "done", "state")
 PROGRESS_LOG_SECONDS = 10.0  # one progress line per job this often
 HEARTBEAT_SECONDS = 1.0  # lease renewal and progress rows while a job runs, at most this often
 STOP_GRACE_SECONDS = 60.0  # workers get this long to park their job after a stop
-RESTART_BACKOFF_MAX = 30.0  # a worker that dies before "ready" again and again: restart delay
+RESTART_BACKOFF_MAX = 30.0
+START_SECONDS = 300.0  # a worker loading torch and the network may take this long to be ready  # a worker that dies before "ready" again and again: restart delay
 # A file that failed as unreadable/truncated stays in the inbox this many settle times; moved
 # to failed/ only if unchanged by then (a copy that paused is not a broken file).
 INPUT_HOLD_SETTLES = 3
+# WATCHDOG=1 every this fraction of watchdog_interval() (itself half of WatchdogSec): a loop
+# woken late on a loaded machine still pings well within the interval.
+PING_FRACTION = 0.5
 EXIT_CONFIG = 2  # a worker cannot load the network: systemd must not restart us in a loop
 STAGES = {"probe": "checking", "plan": "planning", "frame": "frame", "iteration": "iteration",
           "verify": "verifying"}
@@ -423,7 +427,7 @@ class Supervisor:
         if self._recheck:
             waits.append(min(t for t, _ in self._recheck) - monotonic)
         if self._watchdog_every is not None:
-            waits.append(self._last_ping + self._watchdog_every - monotonic)
+            waits.append(self._last_ping + self._watchdog_every * PING_FRACTION - monotonic)
         for slot in self._slots:
             if slot.state in ("busy", "starting"):
                 waits.append(HEARTBEAT_SECONDS)  # leases, stall checks
@@ -463,7 +467,8 @@ class Supervisor:
         slot.job = slot.spec = None
         slot.killed_for, slot.eof = None, False
         try:
-            slot.handle = self.backend.spawn(slot.index, slot.plan, deliver)
+            slot.handle = self.backend.spawn(slot.index, slot.plan, deliver,
+                                             first=slot.generation == 1)
         except OSError as exc:
             log.error("cannot start %s: %s", slot.name, exc.strerror or exc)
             slot.handle, slot.state = None, "down"
@@ -490,16 +495,18 @@ class Supervisor:
                 self._worker_exited(slot, rc, now, mono)
                 continue
             silent = mono - slot.heard
-            if slot.state in ("busy", "starting") and silent > stall and \
+            limit = stall if slot.state == "busy" else max(stall, START_SECONDS)
+            if slot.state in ("busy", "starting") and silent > limit and \
                     slot.killed_for is None:
                 what = f"on {slot.job.source}" if slot.job else "while starting"
                 log.error("%s (pid %s) has not reported for %.0f s %s "
-                          "(daemon.stall_seconds = %g); killing it", slot.name,
-                          slot.handle.pid, silent, what, stall)
+                          "(limit %g s: daemon.stall_seconds); killing it", slot.name,
+                          slot.handle.pid, silent, what, limit)
                 slot.killed_for = f"no report for {silent:.0f} s: killed as stalled"
                 slot.handle.kill()
 
     def _worker_exited(self, slot: _Slot, rc: int, now: float, mono: float) -> None:
+        failpoint("daemon.worker_died")
         how = slot.killed_for or describe_exit(rc)
         job, ready = slot.job, slot.state != "starting"
         slot.handle, slot.job, slot.spec = None, None, None
@@ -1003,7 +1010,7 @@ class Supervisor:
         workers report: a hung worker is killed and restarted instead, and a hung loop
         gets the service restarted by systemd."""
         if self._watchdog_every is not None and mono - self._last_ping >= \
-                self._watchdog_every * 0.9 and self._healthy(mono):
+                self._watchdog_every * PING_FRACTION and self._healthy(mono):
             self.notifier.watchdog()
             self._last_ping = mono
 

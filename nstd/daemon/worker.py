@@ -377,7 +377,7 @@ class InlineBackend:
         self.runner = runner
         self.should_stop = should_stop
 
-    def spawn(self, index: int, plan: Any, deliver: Emit) -> InlineWorker:
+    def spawn(self, index: int, plan: Any, deliver: Emit, *, first: bool = True) -> InlineWorker:
         return InlineWorker(deliver, self.engines, self.runner, self.should_stop)
 
 
