@@ -4,6 +4,11 @@
 #
 #     OUT=/some/folder bench/gpu_check.sh            # on the GPU machine
 #     OUT=/tmp/gc bench/gpu_check.sh --dry-run       # anywhere, on the CPU, tiny sizes (~2 min)
+#     OUT=/tmp/gc bench/gpu_check.sh --quick         # the dry run on a slim network (1/16 of
+#                                                    # the channels), without the compile step
+#                                                    # (~30 s; tests/test_bench.py runs it)
+#
+# NSTD_GPU_CHECK_PYTHON: the interpreter for a dry run (default: the checkout's .venv).
 #
 # Writes (at most 8 files, flat, for the device tool):
 #   env.json        python/torch/GPU facts, how nstd was made importable
@@ -31,7 +36,14 @@
 # real network's; the images mean nothing.
 set -u
 DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        --quick) DRY=1; QUICK=1 ;;
+        *) echo "usage: $0 [--dry-run | --quick]" >&2; exit 2 ;;
+    esac
+done
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/bench/out/gpu_check}"
 mkdir -p "$OUT"
@@ -60,7 +72,10 @@ step() {
 # ---------------------------------------------------------------- environment
 PY=python3
 HOW="system python3 + PYTHONPATH"
-if [ "$DRY" = 1 ] && [ -x "$REPO/.venv/bin/python" ] && [ "${NSTD_GPU_CHECK_VENV:-0}" != 1 ]; then
+if [ "$DRY" = 1 ] && [ -n "${NSTD_GPU_CHECK_PYTHON:-}" ]; then
+    PY="$NSTD_GPU_CHECK_PYTHON"
+    HOW="dry run: $PY"
+elif [ "$DRY" = 1 ] && [ -x "$REPO/.venv/bin/python" ] && [ "${NSTD_GPU_CHECK_VENV:-0}" != 1 ]; then
     PY="$REPO/.venv/bin/python"  # dry run: the checkout's own venv, no new venv needed
     HOW="dry run: the checkout's .venv"
 elif python3 -m venv --system-site-packages "$WORK/venv" >>"$LOG" 2>&1 &&
@@ -107,7 +122,27 @@ EOF
 say "python: $PY ($HOW); PyAV: $HAVE_AV"
 
 # ---------------------------------------------------------------- figures
-if [ "$DRY" = 1 ]; then
+W_ARGS=""
+if [ "$QUICK" = 1 ]; then
+    # The plumbing, not the figures: a slim random network (the same code path as real
+    # weights) for the steps that take --weights.
+    if "$PY" -c "import sys; from nstd.testing.weights import write_random_vgg19; \
+write_random_vgg19(sys.argv[1], seed=0, width_divisor=16)" "$WORK/vgg19-slim.pth" >>"$LOG" 2>&1
+    then
+        W_ARGS="--weights $WORK/vgg19-slim.pth"
+    else
+        say "could not write slim weights (see log); the steps use full-width ones"
+    fi
+fi
+FPS_PRECISION=fp32,bf16
+if [ "$QUICK" = 1 ]; then
+    DEV=cpu; SIZES=64x48; PRECISION=fp32,bf16; ITER_ARGS="--iterations 2 --warmup 1"
+    SYNC_SIZE=64x48
+    CMP_ARGS="--clip-size 48x32 --max-side 32 --frames 2 --cold-iterations 2"
+    CMP_ARGS="$CMP_ARGS --set video.frame_iterations=1"
+    FPS_ARGS="--size 48x32 --frames 2 --set style.iterations=2 --set video.frame_iterations=1"
+    FPS_PRECISION=fp32
+elif [ "$DRY" = 1 ]; then
     DEV=cpu; SIZES=64x48,96x72; PRECISION=fp32,bf16; ITER_ARGS="--iterations 3 --warmup 1"
     COMPILED_SIZE=64x48; COMPILED_PRECISION=fp32
     SYNC_SIZE=64x48; CMP_ARGS="--clip-size 64x48 --max-side 48 --frames 3 --cold-iterations 4"
@@ -122,15 +157,15 @@ else
 fi
 # shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
 step iteration 90 "$PY" bench/iteration.py --device "$DEV" --sizes "$SIZES" \
-    --precision "$PRECISION" $ITER_ARGS --out "$OUT/iteration.json"
+    --precision "$PRECISION" $ITER_ARGS $W_ARGS --out "$OUT/iteration.json"
 step sync 30 "$PY" bench/sync_check.py --device "$DEV" --size "$SYNC_SIZE" --json "$OUT/sync.json"
 if [ "$HAVE_AV" = 1 ]; then
     # shellcheck disable=SC2086
-    step fps 100 "$PY" bench/fps.py --device "$DEV" $FPS_ARGS --precision fp32,bf16 \
+    step fps 100 "$PY" bench/fps.py --device "$DEV" $FPS_ARGS $W_ARGS --precision "$FPS_PRECISION" \
         --json "$OUT/fps.json"
     # shellcheck disable=SC2086
-    step compare 200 "$PY" bench/compare.py --device "$DEV" $CMP_ARGS --out "$WORK/compare" \
-        --json "$OUT/compare.json"
+    step compare 200 "$PY" bench/compare.py --device "$DEV" $CMP_ARGS $W_ARGS \
+        --out "$WORK/compare" --json "$OUT/compare.json"
 else
     say "PyAV missing: fps and compare skipped (carry its wheel in .whl/, see the header)"
     printf 'fps\tskipped: no PyAV\t0\ncompare\tskipped: no PyAV\t0\n' >> "$SUMMARY"
@@ -138,7 +173,9 @@ fi
 # Last, and optional: compilation time is unpredictable, so it gets what is left of the
 # 8 minutes (a 10 s margin for the summary); a timeout here loses nothing else.
 LEFT=$(( 470 - ( $(date +%s) - STARTED ) ))
-if [ "$LEFT" -ge 20 ]; then
+if [ "$QUICK" = 1 ]; then
+    printf 'iteration_compiled\tskipped: --quick\t0\n' >> "$SUMMARY"
+elif [ "$LEFT" -ge 20 ]; then
     step iteration_compiled "$LEFT" "$PY" bench/iteration.py --device "$DEV" \
         --sizes "$COMPILED_SIZE" --precision "$COMPILED_PRECISION" --compile --iterations 30 \
         --warmup 5 --out "$OUT/iteration_compiled.json"

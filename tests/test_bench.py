@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,15 +48,27 @@ def test_compare_writes_both_videos_and_the_figures(tmp_path: Path, vgg_weights_
     assert "seconds per frame" in capsys.readouterr().out
 
 
-def test_gpu_check_script_is_valid_bash() -> None:
-    result = subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_check.sh")],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
-def test_sync_check_says_not_applicable_without_cuda(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "sync_check.py"), "--device",
-                             "cpu", "--json", str(tmp_path / "sync.json")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "not applicable" in json.loads((tmp_path / "sync.json").read_text())["result"]
+def test_gpu_check_quick_dry_run_runs_every_step_and_writes_its_figures(tmp_path: Path) -> None:
+    """bench/gpu_check.sh --quick: the GPU script's own dry run (CPU, slim network, tiny
+    sizes, no compile step), so a broken step or command line shows here, not on the
+    rented GPU. On CPU the sync check must say it does not apply."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "NSTD_GPU_CHECK_PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--quick"],
+                            capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else result.stderr
+    assert result.returncode == 0, log[-4000:]
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    assert {name: step["exit"] for name, step in steps.items()} == {
+        "iteration": 0, "sync": 0, "fps": 0, "compare": 0,
+        "iteration_compiled": "skipped: --quick"}, log[-4000:]
+    env_facts = json.loads((out / "env.json").read_text())
+    assert env_facts["dry_run"] is True and env_facts["pyav"] is True
+    rows = json.loads((out / "iteration.json").read_text())["results"]
+    assert {r["precision"] for r in rows} == {"fp32", "bf16"}
+    assert all(r["ms_per_iteration"] > 0 for r in rows)
+    assert "not applicable" in json.loads((out / "sync.json").read_text())["result"]
+    assert json.loads((out / "fps.json").read_text())["runs"]
+    compare = json.loads((out / "compare.json").read_text())
+    assert compare["weights_given"] is True and compare["weights"].endswith("vgg19-slim.pth")
