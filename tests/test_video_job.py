@@ -204,11 +204,13 @@ def test_warped_start_is_more_stable_than_independent_frames(tmp_path: Path, sty
         out = tmp_path / f"{name}.mp4"
         run(source, out, style_image, config)
         figures[name] = evaluate_videos(source, out)["ewarp"]
-    # Measured here: warped/independent = 0.62 (slim random net, 48 px, crf 10: encoding noise
-    # and the tiny size keep this ratio far above the ~0.2 of the full network at 96 px).
-    # A broken warm start fails clearly: flow with the wrong sign gave 6.3, the unwarped
-    # previous frame 2.8.
-    assert figures["warped"] < 0.75 * figures["independent"], figures
+    # The property, not a measurement: the warped warm start must be *more* stable than
+    # independent frames (Ruder et al.). How much more depends on the network, the size and
+    # the encoder (0.62 here with the slim random net at 48 px and crf 10; ~0.2 with the full
+    # network at 96 px): bench/compare.py reports that ratio (ewarp_ratio). A broken warm start
+    # is worse than independent frames, not slightly better: flow with the wrong sign
+    # measured 6.3 x independent, the unwarped previous frame 2.8 x.
+    assert figures["warped"] < figures["independent"], figures
 
 
 def test_truncated_video_fails_with_how_much_was_decodable_and_writes_nothing(
