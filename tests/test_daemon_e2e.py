@@ -183,7 +183,7 @@ def test_images_arrive_every_way_and_sigterm_exits_0(site: Path, daemons) -> Non
 
 
 def stored_frames(site: Path) -> int:
-    return len(list((site / "data" / "work").glob("*/frames/*.json")))
+    return len(list((site / "data" / "work").glob("*/store/frames/*.json")))
 
 
 def test_video_survives_kill_9_and_sigterm_and_finishes_once(site: Path, daemons) -> None:

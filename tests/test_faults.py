@@ -35,7 +35,9 @@ from nstd import faults
 from nstd.cli.main import main
 from nstd.config import parse_config
 from nstd.daemon.ledger import Ledger, ledger_path
+from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.supervisor import Daemon, check_folders
+from nstd.daemon.worker import InlineBackend
 from nstd.errors import InputError, OutOfMemoryError
 from nstd.job import JobReport, JobRequest
 from nstd.media.images import read_image, write_image
@@ -145,8 +147,10 @@ class Rig:
         self.daemon = self.new_daemon()
 
     def new_daemon(self) -> Daemon:
-        return Daemon(self.config, self.ledger, self.engines, clock=self.clock,
-                      monotonic=self.clock, runner=self.runner, watch=False)
+        backend = InlineBackend(self.engines, self.runner,
+                                lambda: self.daemon.stop_requested)
+        return Daemon(self.config, self.ledger, backend=backend, plans=[WorkerPlan(None, 1)],
+                      clock=self.clock, monotonic=self.clock, watch=False)
 
     def restart(self, *, ledger: bool = False) -> None:
         """A new daemon on the same folders (and, with ``ledger``, a reopened ledger)."""
@@ -292,7 +296,7 @@ def test_the_disk_fills_up_during_a_video_then_space_returns(
     write_test_clip(site.root / "v.mp4", frames=16, size=(32, 24), rate=Fraction(8))
     shutil.copy(site.root / "v.mp4", site.inbox / "mosaic" / "v.mp4")
     sources = checksums(site.inbox)
-    daemon.wait_for(lambda: len(list(site.work.glob("*/frames/*.json"))) >= 2, 60,
+    daemon.wait_for(lambda: len(list(site.work.glob("*/store/frames/*.json"))) >= 2, 60,
                     "two stored frames")
     filler = fill(small_disk)
     daemon.wait_for(lambda: any(m in daemon.log() for m in (
@@ -420,6 +424,7 @@ def test_the_ledger_deleted_while_stopped_is_rebuilt_from_the_folders(
     rig.step()
     rig.settle()
     rig.step()
+    rig.step(3 * SETTLE + 0.01)  # an unreadable file is held a while before failed/
     assert listing(rig.outbox) == ["good.mosaic.png"]
     # Stopped; the ledger is deleted; an old work folder and a file that was published but
     # not yet moved (killed, then the ledger lost too) are left behind.
@@ -509,22 +514,25 @@ A, V = "a.mosaic.png", "mosaic/v.mosaic.mp4"
 # right after the kill, whether a hidden temp file must be there: None = it depends on how
 # far the encoder thread got, which opens its file at its first packet). Each run is killed there
 # (kill -9) and the next run starts on whatever was left. Order matters: each point is
-# reached by the first job that gets there. A video is published twice: the encoder renames
+# reached by the first job that gets there. Points inside a worker (publish.*, video.frame)
+# kill the worker, and "daemon.worker_died" kills the supervisor when it notices: the whole
+# service dies there, as on a power cut. A video is published twice: the encoder renames
 # its finished file to the job's temp name (@1), the job renames that to the output (@2).
+W = ";daemon.worker_died=kill"  # a worker-side kill takes the supervisor down too
 KILL_CHAIN: list[tuple[str, tuple[str, ...], list[str], bool | None]] = [
     ("intake.settled=kill", ("a.png", "a.png.yaml"), [], False),  # settled, not queued
     ("ledger.claim=kill", (), [], False),  # inside the claim transaction
     ("daemon.claimed=kill", (), [], False),  # claimed, nothing done yet
-    ("publish.before_rename=kill", (), [], True),  # output complete under its temp name
-    ("publish.after_link=kill", (), [A], True),  # final name linked, temp name still there
+    ("publish.before_rename=kill" + W, (), [], True),  # output complete under its temp name
+    ("publish.after_link=kill" + W, (), [A], True),  # final name linked, temp name still there
     ("daemon.completed=kill", (), [A], False),  # marked done, source not moved
     ("outcome.sidecar_moved=kill", (), [A], False),  # sidecar in done/, source in the inbox
     ("daemon.failed_marked=kill", ("bad.png",), [A], False),  # failed, source not moved
-    ("video.frame=kill@6", ("mosaic/v.mp4",), [A], None),  # between frames, mid-encode
-    (f"video.frame=kill@{VIDEO_FRAMES}", (), [A], None),  # last frame; encoder not flushed
-    ("publish.before_rename=kill", (), [A], True),  # encoded, before the encoder's rename
-    ("publish.before_rename=kill@2", (), [A], True),  # the video's final rename
-    ("publish.after_link=kill@2", (), [A, V], True),
+    ("video.frame=kill@6" + W, ("mosaic/v.mp4",), [A], None),  # between frames, mid-encode
+    (f"video.frame=kill@{VIDEO_FRAMES}" + W, (), [A], None),  # last frame; encoder not flushed
+    ("publish.before_rename=kill" + W, (), [A], True),  # encoded, before the encoder's rename
+    ("publish.before_rename=kill@2" + W, (), [A], True),  # the video's final rename
+    ("publish.after_link=kill@2" + W, (), [A, V], True),
     ("daemon.completed=kill", (), [A, V], False),  # before the video's move to done/
 ]
 

@@ -78,8 +78,8 @@ WRITABLE_KEYS = ("inbox", "outbox", "work", "failed", "done", "state")
 PROGRESS_LOG_SECONDS = 10.0  # one progress line per job this often
 HEARTBEAT_SECONDS = 1.0  # lease renewal and progress rows while a job runs, at most this often
 STOP_GRACE_SECONDS = 60.0  # workers get this long to park their job after a stop
-RESTART_BACKOFF_MAX = 30.0
-START_SECONDS = 300.0  # a worker loading torch and the network may take this long to be ready  # a worker that dies before "ready" again and again: restart delay
+RESTART_BACKOFF_MAX = 30.0  # a worker that dies before "ready" again and again: restart delay
+START_SECONDS = 300.0  # a worker loading torch and the network may take this long to be ready
 # A file that failed as unreadable/truncated stays in the inbox this many settle times; moved
 # to failed/ only if unchanged by then (a copy that paused is not a broken file).
 INPUT_HOLD_SETTLES = 3
@@ -253,7 +253,8 @@ class Supervisor:
         # hash them again. Dropped when the file leaves the inbox through us.
         self._known: dict[Path, tuple[int, int]] = {}
         # Failed as unreadable/truncated: looked at again later (a copy that paused).
-        self._recheck: list[tuple[float, Path]] = []
+        self._recheck: list[tuple[float, Path, int]] = []
+        self._woken: list[Any] = []  # what ended the last idle wait
         self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) being watched
         self._next_inbox_check = 0.0
         self._paused_until = float("-inf")  # the ledger could not be written: wait
@@ -301,6 +302,7 @@ class Supervisor:
         self._clean_work_dirs()
         for slot in self._slots:
             self._spawn(slot, mono)
+        self._drain(now, mono)  # an in-process worker is ready at once
         self._inbox_id = _folder_identity(self.inbox)
         self._start_observer()
         self._next_inbox_check = mono + INBOX_CHECK_SECONDS
@@ -425,7 +427,7 @@ class Supervisor:
         if due is not None:
             waits.append(due)
         if self._recheck:
-            waits.append(min(t for t, _ in self._recheck) - monotonic)
+            waits.append(min(r[0] for r in self._recheck) - monotonic)
         if self._watchdog_every is not None:
             waits.append(self._last_ping + self._watchdog_every * PING_FRACTION - monotonic)
         for slot in self._slots:
@@ -445,7 +447,7 @@ class Supervisor:
             item = self.events.get(timeout=timeout)
         except queue.Empty:
             return
-        self._take(item, self._clock(), self._mono())
+        self._woken.append(item)  # handled by the next step (where ledger errors are caught)
 
     def _take(self, item: Any, now: float, mono: float) -> None:
         if isinstance(item, _Message):
@@ -723,6 +725,8 @@ class Supervisor:
     # ----------------------------------------------------------------- noticing and queueing
 
     def _intake(self, now: float, mono: float) -> None:
+        while self._woken:
+            self._take(self._woken.pop(0), now, mono)
         while True:
             try:
                 path = self.events.get_nowait()
@@ -730,11 +734,16 @@ class Supervisor:
                 break
             self._take(path, now, mono)
         self._check_inbox(mono)
-        due = [p for t, p in self._recheck if t <= mono]
+        due = [(p, j) for t, p, j in self._recheck if t <= mono]
         if due:  # failed as unreadable: unchanged since? then it goes to failed/
-            self._recheck = [(t, p) for t, p in self._recheck if t > mono]
-            for path in due:
-                self.tracker.observe(path, mono)
+            self._recheck = [r for r in self._recheck if r[0] > mono]
+            for path, job_id in due:
+                job = self.ledger.get(job_id)
+                if job is not None and job.state == "failed" and \
+                        outcome.source_changed(path, job.content_key) is None:
+                    self._finish_failed(job, path, now)
+                else:  # it changed: a copy that paused; its new bytes are a new job
+                    self.tracker.observe(path, mono)
         if mono >= self._next_rescan:
             self._next_rescan = mono + self.config.daemon.rescan_seconds
             for path in scan_inbox(self.inbox):
@@ -959,7 +968,8 @@ class Supervisor:
         shutil.rmtree(self.work / str(job.id), ignore_errors=True)
         if hold:
             self._forget_path(path)
-            self._recheck.append((self._mono() + INPUT_HOLD_SETTLES * d.settle_seconds, path))
+            self._recheck.append((self._mono() + INPUT_HOLD_SETTLES * d.settle_seconds, path,
+                                  job.id))
             return
         used = updated.settings if settings is None else settings
         try:
