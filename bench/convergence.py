@@ -2,6 +2,7 @@
 
     python bench/convergence.py                                  # 64,128,256 px, 12 pairs
     python bench/convergence.py --sizes 64 --pairs 3 --out bench/out/c.json --plot c.png
+    python bench/convergence.py --merge a.json b.json --out all.json --plot all.png
 
 For each (content, style) pair of `nstd.testing.panel.PANEL` (generated images of clearly
 different character), each size and each optimizer, the image is optimized from the content
@@ -21,8 +22,11 @@ Stock optimizers get every benefit: each evaluated iterate is clamped to [0, 1] 
 "scale" column runs the default with every loss weight multiplied by 10^k, k = -3..3, and
 reports the largest relative change of the 20- and 50-evaluation figures against k = 0,
 beside the change that a 2^-20 perturbation of one weight causes (float32 rounding alone).
-`--check` prints, per size and count, the worst ratio default / best stock optimizer and
-whether the default halves the start loss within 50 evaluations.
+At the end it prints, per size and count, the worst ratio default / best stock optimizer and
+whether the default halves the start loss within 50 evaluations. `--merge` joins the rows of
+runs split over time or machines (a row is a pair at a size; a later file adds or replaces
+optimizers and the scale column), e.g. the stock optimizers measured once and the default
+re-measured after an engine change: the stock figures do not depend on nstd's engine.
 
 Without --weights the network has random full-width weights: right for speed and
 convergence mechanics, never for judging how an image looks.
@@ -230,6 +234,42 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def report(rows: list[dict[str, Any]]) -> None:
+    for size, data in check(rows).items():
+        print(f"{size}px: halves within 50 evaluations on every pair: "
+              f"{data['halved_within_50']}")
+        for count, worst in data["worst"].items():
+            print(f"  {count} evaluations: worst default/best-stock = {worst['ratio']} "
+                  f"({worst['pair']}, best stock {worst['best_stock']})")
+
+
+def merge(paths: list[Path], out: Path, plot_path: Path) -> int:
+    """Join result files: rows keyed by (pair, size); later files add or replace optimizers
+    and the scale column."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    meta = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        meta.append({"file": str(path), "seconds": data.get("seconds"),
+                     "threads": data.get("threads")})
+        for row in data["rows"]:
+            key = (row["pair"], row["size"])
+            merged = rows.setdefault(key, {"pair": row["pair"], "size": row["size"],
+                                           "optimizers": {}})
+            merged["optimizers"].update(row["optimizers"])
+            if "scale" in row:
+                merged["scale"] = row["scale"]
+    order = [p.name for p in PANEL]
+    joined = sorted(rows.values(), key=lambda r: (r["size"], order.index(r["pair"])))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"merged_from": meta, "summary": check(joined),
+                               "rows": joined}, indent=1))
+    plot(joined, plot_path)
+    report(joined)
+    print(f"wrote {out} and {plot_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="64,128,256")
@@ -243,9 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="sizes at which the 10^k scale column is measured ('' = none)")
     parser.add_argument("--weights", help="a VGG-19 state dict (default: random full width)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="join these result files")
     parser.add_argument("--out", type=Path, default=Path("bench/out/convergence.json"))
     parser.add_argument("--plot", type=Path, default=Path("bench/out/convergence.png"))
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.plot)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.pairs == "all":
@@ -283,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.perf_counter() - started, 1),
                 "summary": summary, "rows": rows}, indent=1))
     plot(rows, args.plot)
-    for size, data in check(rows).items():
-        say(f"{size}px: halves within 50 evaluations on every pair: {data['halved_within_50']}")
-        for count, worst in data["worst"].items():
-            say(f"  {count} evaluations: worst default/best-stock = {worst['ratio']} "
-                f"({worst['pair']}, best stock {worst['best_stock']})")
+    report(rows)
     say(f"wrote {args.out} and {args.plot} in {time.perf_counter() - started:.0f} s")
     return 0
 
