@@ -210,22 +210,25 @@ def _workload(site: Site, kind: str) -> dict[str, str]:
     return {"mosaic/v.mp4": "done"}
 
 
+# A kill inside a worker (job.*, publish.*, video.frame) takes the supervisor down with it
+# when it notices (daemon.worker_died), as a power cut would.
+W = ";daemon.worker_died=kill"
 KILL_POINTS: list[tuple[str, str]] = [  # (failpoint spec; {n} = random frame), workload
     ("intake.settled=kill", "image"),
     ("ledger.claim=kill", "image"),
     ("daemon.claimed=kill", "image"),
-    ("job.progress=kill", "image"),
-    ("publish.before_rename=kill", "image"),
-    ("publish.after_link=kill", "image"),
+    ("job.progress=kill" + W, "image"),
+    ("publish.before_rename=kill" + W, "image"),
+    ("publish.after_link=kill" + W, "image"),
     ("daemon.completed=kill", "image"),
     ("outcome.sidecar_moved=kill", "image"),
     ("daemon.failed_marked=kill", "bad"),
     ("outcome.sidecar_moved=kill", "bad"),
     ("daemon.claimed=kill", "video"),
-    ("video.frame=kill@{n}", "video"),
-    ("publish.before_rename=kill", "video"),  # the encoder's file complete, not renamed
-    ("publish.before_rename=kill@2", "video"),  # the final rename
-    ("publish.after_link=kill@2", "video"),
+    ("video.frame=kill@{n}" + W, "video"),
+    ("publish.before_rename=kill" + W, "video"),  # the encoder's file complete, not renamed
+    ("publish.before_rename=kill@2" + W, "video"),  # the final rename
+    ("publish.after_link=kill@2" + W, "video"),
     ("daemon.completed=kill", "video"),
 ]
 
