@@ -213,22 +213,26 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     pairs = sorted({r["pair"] for r in rows}, key=[p.name for p in PANEL].index)
     sizes = sorted({r["size"] for r in rows})
-    fig, axes = plt.subplots(len(sizes), len(pairs), figsize=(2.6 * len(pairs),
-                                                              2.4 * len(sizes)),
+    columns = min(4, len(pairs))
+    per_size = -(-len(pairs) // columns)  # grid rows per size
+    fig, axes = plt.subplots(per_size * len(sizes), columns,
+                             figsize=(3.2 * columns, 2.5 * per_size * len(sizes)),
                              squeeze=False, sharex=True)
+    for ax in axes.flat:
+        ax.set_visible(False)
     for row in rows:
-        ax = axes[sizes.index(row["size"])][pairs.index(row["pair"])]
+        index = pairs.index(row["pair"])
+        ax = axes[sizes.index(row["size"]) * per_size + index // columns][index % columns]
+        ax.set_visible(True)
         for name, data in row["optimizers"].items():
             ax.plot(range(1, len(data["curve"]) + 1), data["curve"], label=name,
                     linewidth=2.2 if name == "default" else 1.0)
         ax.set_yscale("log")
-        ax.set_title(f"{row['pair']} {row['size']}px", fontsize=7)
+        ax.set_title(f"{row['pair']} {row['size']}px", fontsize=8)
         ax.tick_params(labelsize=6)
-    axes[0][0].legend(fontsize=6)
-    for ax in axes[-1]:
         ax.set_xlabel("network evaluations", fontsize=7)
-    for row_axes in axes:
-        row_axes[0].set_ylabel("loss / start", fontsize=7)
+        ax.set_ylabel("loss / start", fontsize=7)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
