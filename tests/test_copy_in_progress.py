@@ -34,9 +34,6 @@ def frame_count(path: Path) -> int:
         return sum(1 for _ in container.decode(container.streams.video[0]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs the supervisor hook: StabilityTracker(settle_seconds, writes=handler.writes) "
-    "(nstd/daemon/watch.py); remove this mark once the supervisor passes it"))
 def test_a_copy_that_stalls_half_way_gives_one_output_and_nothing_failed(
         tmp_path: Path, vgg_weights_path: Path) -> None:
     site = Site.create(tmp_path, vgg_weights_path, daemon={"settle_seconds": SETTLE})

@@ -234,7 +234,8 @@ class Supervisor:
         self.styles = Path(d.styles)
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.handler = InboxEventHandler(self.inbox, self.events)
-        self.tracker = StabilityTracker(d.settle_seconds)
+        # On inotify, a file modified and not closed since is still being written (watch.py).
+        self.tracker = StabilityTracker(d.settle_seconds, writes=self.handler.writes)
         self.backend = backend if backend is not None else ProcessBackend(config)
         self._plans = plans if plans is not None else plan_workers(config)
         self._slots = [_Slot(i, plan) for i, plan in enumerate(self._plans)]
