@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# One torch (OpenMP) thread for the tests and everything they start, unless the caller chose:
+# on 2 cores shared with other work, two spin-waiting OpenMP threads made the in-process
+# tests 20x slower (test_stylize + test_video_job: over 600 s with 2 threads, 31 s with 1,
+# on the same loaded machine); the daemons' subprocesses already ran with 1 (testing/site.py).
+# Set before torch is imported, so that its thread pool starts at this size.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -341,6 +341,9 @@ def test_open_state_follows_renames_and_deletions(tmp_path: Path) -> None:
     assert handler.writes.is_open(final) and not handler.writes.is_open(part)
     handler.dispatch(FileDeletedEvent(str(final)))
     assert not handler.writes.is_open(final) and len(handler.writes) == 0
+    handler.dispatch(FileModifiedEvent(str(final)))
+    handler.dispatch(FileMovedEvent(str(final), str(tmp_path.parent / "elsewhere.mp4")))
+    assert len(handler.writes) == 0  # moved out of the inbox: forgotten
 
 
 def test_a_lost_close_event_holds_a_file_only_until_open_limit(

@@ -202,7 +202,7 @@ class OpenWrites:
 
     def moved(self, src: Path, dest: Path) -> None:
         """A rename keeps the descriptor: a file still open under its old name is still open
-        under the new one (a move out of the inbox is forgotten when its dest is dropped)."""
+        under the new one."""
         with self._lock:
             if src in self._open:
                 del self._open[src]
@@ -454,9 +454,13 @@ class InboxEventHandler(FileSystemEventHandler):
                 return
             self._guarded(self._scan_folder, event.dest_path)
         else:
-            if event.src_path and event.dest_path:
-                self.writes.moved(Path(os.fsdecode(event.src_path)),
-                                  Path(os.fsdecode(event.dest_path)))
+            if event.src_path:
+                src = Path(os.fsdecode(event.src_path))
+                dest = Path(os.fsdecode(event.dest_path)) if event.dest_path else None
+                if dest is not None and self.inbox in dest.parents:
+                    self.writes.moved(src, dest)
+                else:
+                    self.writes.closed(src)  # moved out of the inbox: not ours to wait for
             self._guarded(self._offer, event.dest_path)
 
     def on_deleted(self, event: FileSystemEvent) -> None:
