@@ -44,7 +44,6 @@ import queue
 import shutil
 import sqlite3
 import stat
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1086,24 +1085,3 @@ def _untouched_since(path: Path, when: float | None) -> bool:
         return os.lstat(path).st_ctime < when
     except OSError:
         return False
-
-
-def _is_cuda_oom(exc: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    return isinstance(oom, type) and isinstance(exc, oom)
-
-
-def _summary(report: Any, seconds: float) -> str:
-    if report is None:
-        return "already published"
-    extra = getattr(report, "extra", None) or {}
-    parts = [f"{seconds:.1f} s"]
-    if "frames" in extra:
-        parts.append(f"{extra['frames']} frames")
-        if extra.get("frames_resumed"):
-            parts.append(f"{extra['frames_resumed']} resumed")
-    else:
-        parts.append(f"{report.iterations} iterations")
-    parts.append(f"{report.width}x{report.height}")
-    return ", ".join(parts)
