@@ -15,8 +15,10 @@ long: one video of LONG_FRAMES frames at 32x24. Samples RSS every 0.25 s with th
       a job runs happens on the engine's heartbeat).
 kill: for each failpoint (nstd/faults.py), KILL_RUNS runs on fresh folders: the daemon is
       started with NSTD_FAILPOINTS=<point>=kill (a random @N for per-frame points), must die
-      there (exit -9), is restarted without failpoints, and must finish every job exactly once:
-      expected outputs only, no temp files, sources byte-identical in done/ or failed/.
+      there (exit -9; a point inside a worker also arms daemon.worker_died, so that the
+      supervisor dies with it and the whole service is killed there), is restarted without
+      failpoints, and must finish every job exactly once: expected outputs only, no temp
+      files, sources byte-identical in done/ or failed/.
 
 Subprocesses run with OMP_NUM_THREADS=1 and a width-reduced random VGG-19 (--full for the real
 width: the same code path, more memory); tiny sizes, few iterations: this measures the
@@ -210,13 +212,20 @@ def _workload(site: Site, kind: str) -> dict[str, str]:
     return {"mosaic/v.mp4": "done"}
 
 
-# A kill inside a worker (job.*, publish.*, video.frame) takes the supervisor down with it
-# when it notices (daemon.worker_died), as a power cut would.
+# Every failpoint of nstd/faults.py that a job passes. A kill inside a worker (worker.*,
+# plan.frame, job.*, video.frame, publish.*) kills only that worker: the supervisor would
+# restart it and retry the job. Adding daemon.worker_died=kill makes the supervisor die as
+# soon as it finds the worker dead, before it records anything about the death: the whole
+# service is killed there, as on a power cut or a kill -9 of its cgroup (daemon.worker_died
+# itself is reached in every such run).
 W = ";daemon.worker_died=kill"
 KILL_POINTS: list[tuple[str, str]] = [  # (failpoint spec; {n} = random frame), workload
     ("intake.settled=kill", "image"),
     ("ledger.claim=kill", "image"),
     ("daemon.claimed=kill", "image"),
+    ("daemon.link=kill", "image"),  # claimed, source not yet linked into work/
+    ("worker.job=kill" + W, "image"),  # linked and handed over, not yet opened
+    ("job.heartbeat=kill" + W, "image"),  # inside the engine
     ("job.progress=kill" + W, "image"),
     ("publish.before_rename=kill" + W, "image"),
     ("publish.after_link=kill" + W, "image"),
@@ -225,6 +234,8 @@ KILL_POINTS: list[tuple[str, str]] = [  # (failpoint spec; {n} = random frame), 
     ("daemon.failed_marked=kill", "bad"),
     ("outcome.sidecar_moved=kill", "bad"),
     ("daemon.claimed=kill", "video"),
+    ("worker.decode=kill" + W, "video"),  # the probe or plan pass started
+    ("plan.frame=kill@{n}" + W, "video"),  # during the plan pass
     ("video.frame=kill@{n}" + W, "video"),
     ("publish.before_rename=kill" + W, "video"),  # the encoder's file complete, not renamed
     ("publish.before_rename=kill@2" + W, "video"),  # the final rename
@@ -239,8 +250,8 @@ def kill_run(root: Path, weights: Path, spec: str, kind: str) -> dict[str, Any]:
     sources = checksums(site.inbox)
     first = site.start("killed", failpoints=spec, wait_ready=False)
     rc = first.wait_exit(120)
-    point = spec.split("=")[0]
-    killed = rc == -9 and f"failpoint {point}: kill" in first.log()
+    points = [entry.split("=")[0] for entry in spec.split(";")]  # the worker's, then ours
+    killed = rc == -9 and all(f"failpoint {point}: kill" in first.log() for point in points)
     second = site.start("restart")
     ok = True
     try:
@@ -287,7 +298,7 @@ def phase_kill(root: Path, weights: Path, runs: int, seed: int) -> dict[str, Any
                   + ("" if result["survived"] else f": {'; '.join(result['problems'])}"),
                   flush=True)
             results.append(result)
-    points = sorted({t.split("=")[0] for t, _ in KILL_POINTS})
+    points = sorted({e.split("=")[0] for t, _ in KILL_POINTS for e in t.split(";")})
     return {"kill_points": len(points), "specs": len(KILL_POINTS), "runs_per_spec": runs,
             "runs": len(results), "survived": sum(r["survived"] for r in results),
             "results": results}
