@@ -234,11 +234,21 @@ class DaemonProcess:
 # --------------------------------------------------------------------------- folder checks
 
 
+def _entries(root: Path) -> list[Path]:
+    """Everything below ``root`` (symlinks not followed), read while a daemon may be removing
+    folders: ``Path.rglob`` raises FileNotFoundError when a sub-folder it is about to list
+    is removed meanwhile (a job's work folder at its end); ``os.walk`` skips it."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        found.extend(Path(dirpath, name) for name in (*dirnames, *filenames))
+    return found
+
+
 def listing(folder: Path) -> list[str]:
     """Every file below ``folder`` (hidden ones, i.e. temp files, included), sorted."""
     if not folder.exists():
         return []
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+    return sorted(p.relative_to(folder).as_posix() for p in _entries(folder)
                   if p.is_file() or p.is_symlink() or p.is_fifo())
 
 
@@ -257,7 +267,7 @@ def temp_files(root: Path, *, outside: Path | None = None) -> list[str]:
     from nstd.media.files import is_temp_path
 
     found = []
-    for path in root.rglob("*"):
+    for path in _entries(root):
         if outside is not None and (path == outside or outside in path.parents):
             continue
         if is_temp_path(path):
