@@ -110,7 +110,10 @@ class VideoConfig:
     )
     scene_cut_threshold: float = _opt(0.5, "scene-cut score above which a frame starts cold",
                                       min=0.0)
-    max_segment_frames: int = _opt(300, "longest segment (unit of resumable work)", min=1)
+    max_segment_frames: int = _opt(
+        300, "daemon.cluster: ray: longer shots are split into units this long", min=1)
+    segment_overlap: int = _opt(
+        8, "a split unit starts this many frames early (warm-up, cross-faded)", min=0)
     crf: int = _opt(18, "H.264 quality (0 = lossless, 51 = worst)", min=0, max=51)
     preset: str = _opt("medium", "x264 preset (ultrafast ... veryslow)", choices=(
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
@@ -132,7 +135,9 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    inbox: str = _opt("data/inbox", "watched folder (relative paths: to this file's folder)")
+    root: str = _opt(".", "base folder: relative folder keys below are inside it (relative: "
+                     "to this file's folder)")
+    inbox: str = _opt("data/inbox", "watched folder (relative paths: to daemon.root)")
     outbox: str = _opt("data/outbox", "finished results")
     work: str = _opt("data/work", "per-job work folders (stored frames: the resume points)")
     failed: str = _opt("data/failed", "sources that failed, with <name>.error.txt")
@@ -153,6 +158,26 @@ class DaemonConfig:
         "auto", "worker processes: auto = one per visible CUDA device (1 on a CPU), or N", min=1)
     stall_seconds: float = _opt(
         300.0, "a busy worker silent this long is killed (its job counts an attempt)", min=1.0)
+    cluster: Literal["local", "ray"] = _opt(
+        "local", "local: worker processes here; ray: one Ray actor per GPU of a cluster")
+    ray_address: str | None = _opt(
+        None, "cluster: ray only. null: start or join Ray on this machine; auto or "
+        "ray://host:10001: an existing cluster")
+    # Overnight habits (nstd.daemon.schedule, nstd.daemon.hooks).
+    active_hours: str | None = _opt(
+        None, "work only from start to end, local time, e.g. 22:00-07:00; null: always",
+        check="active_hours")
+    on_event: str | tuple[str, ...] | None = _opt(
+        None, "command run when a job is done or failed and when the queue empties "
+        "(NSTD_EVENT etc. in its environment); null: none")
+    on_event_timeout: float = _opt(30.0, "on_event: killed after this long", min=1.0)
+    notify_urls: tuple[str, ...] = _opt(
+        (), "Apprise URLs notified of the same events (pip install 'nstd[notify]')")
+    # The status page and /metrics (nstd.web; README "Status page").
+    http: str | None = _opt(
+        "127.0.0.1:8765", "status page and /metrics listener, HOST:PORT; null: off")
+    http_token: str | None = _opt(
+        None, "bearer token every request to daemon.http needs; required off loopback")
 
 
 @dataclass(frozen=True)
@@ -273,6 +298,9 @@ def _convert(path: str, value: Any, hint: Any, problems: list[str]) -> Any:
             problems.append(f"{path}: must be a non-empty string, got {_show(value)}")
         return value
     if origin is tuple:
+        if args[0] is str and isinstance(value, Sequence) and not isinstance(value, str) \
+                and not value:
+            return ()  # a list of strings may be empty (daemon.notify_urls: [])
         if not isinstance(value, Sequence) or isinstance(value, str) or not value:
             problems.append(f"{path}: must be a non-empty list of numbers, got {_show(value)}")
             return value
@@ -301,6 +329,12 @@ def _check_rules(path: str, value: Any, rules: Mapping[str, Any], problems: list
         problems.append(f"{path}: must be one of {allowed}, got {_show(value)}")
     if rules.get("pattern") == "device" and not _is_device(value):
         problems.append(f"{path}: must be auto, cpu, cuda or cuda:N, got {_show(value)}")
+    if rules.get("check") == "active_hours":
+        from nstd.daemon.schedule import check_window  # no torch, no circle
+
+        problem = check_window(value)
+        if problem:
+            problems.append(f"{path}: {problem}")
     if rules.get("layer"):
         from nstd.layers import LAYER_NAMES  # local: keeps config importable without torch
 
@@ -320,6 +354,10 @@ def _is_device(value: str) -> bool:
 
 
 def _check_cross_field(config: Config, problems: list[str]) -> None:
+    from nstd.web.address import check_http  # no torch, no circle
+
+    if (http_problem := check_http(config.daemon.http, config.daemon.http_token)):
+        problems.append(http_problem)
     style = config.style
     if list(style.scales) != sorted(style.scales) or style.scales[-1] != 1.0:
         problems.append(
@@ -355,9 +393,9 @@ def resolve_paths(config: Config, base_dir: Path) -> Config:
         path = Path(os.path.expanduser(p))
         return str(path if path.is_absolute() else (base_dir / path).absolute())
 
-    daemon = dataclasses.replace(
-        config.daemon, **{k: absolute(getattr(config.daemon, k)) for k in PATH_KEYS}
-    )
+    root = absolute(config.daemon.root) or config.daemon.root
+    daemon = dataclasses.replace(config.daemon, root=root, **{
+        k: str(Path(root, os.path.expanduser(getattr(config.daemon, k)))) for k in PATH_KEYS})
     model = dataclasses.replace(config.model, weights=absolute(config.model.weights))
     style = dataclasses.replace(config.style, init_image=absolute(config.style.init_image))
     return dataclasses.replace(config, daemon=daemon, model=model, style=style)

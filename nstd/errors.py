@@ -45,6 +45,11 @@ class TransientError(NstdError):
     """A failure worth retrying later (file briefly unreadable, disk full, out of memory)."""
 
 
+class WeightsUnavailableError(WeightsError, TransientError):
+    """The default weights cannot be downloaded right now (no network, server down). Exit 1:
+    unlike a configuration error, starting again later (systemd restarts it) can succeed."""
+
+
 class OutOfMemoryError(TransientError):
     """The device ran out of memory; retrying at a smaller size may succeed."""
 

@@ -171,7 +171,8 @@ def test_check_config_catches_unknown_keys_and_names_their_path(
     assert main(["check-config", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "style.iteratons: unknown key" in err and "video.crf: must be <= 51" in err
-    config.write_text("style:\n  iterations: 10\n")
+    styles = Path(__file__).resolve().parent.parent / "styles"  # the default style is there
+    config.write_text(f"style:\n  iterations: 10\ndaemon:\n  styles: {styles}\n")
     assert main(["check-config", "--config", str(config)]) == 0
 
 

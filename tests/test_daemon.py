@@ -654,8 +654,9 @@ def test_retry_moves_the_file_back_and_requeues_it(rig: Rig,
     assert files(rig.failed) == ["other/a.png", "other/a.png.error.txt", "other/a.png.yaml"]
     config = write_config_file(rig)
     assert main(["retry", "a.png", "--config", str(config)]) == 0
-    assert "requeued 1 job(s)" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == "requeued 1 job"
     assert files(rig.failed) == []
+    assert list(rig.failed.iterdir()) == []  # no empty failed/other/ left behind
     assert files(rig.inbox) == ["other/a.png", "other/a.png.yaml"]
     job = rig.ledger.find("other/a.png")
     assert job.state == "queued" and job.attempts == 0
@@ -664,6 +665,68 @@ def test_retry_moves_the_file_back_and_requeues_it(rig: Rig,
     assert files(rig.outbox) == ["other/a.other.png"]
     assert rig.runner.requests[-1].config.style.iterations == 3
     assert main(["retry", "--all", "--config", str(config)]) == 2  # nothing failed now
+
+
+def test_retry_that_puts_nothing_back_exits_1(rig: Rig,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(*_: Any) -> None:
+        raise ConfigError("style.iterations: too many")  # fails at once, for good
+
+    rig.runner.action = fail
+    rig.start()
+    rig.drop("a.png")
+    rig.step()
+    rig.settle()
+    (rig.failed / "a.png").unlink()  # someone cleaned failed/ by hand
+    config = write_config_file(rig)
+    assert main(["retry", "--all", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "no longer in" in out and out.splitlines()[-1] == "requeued 0 jobs"
+
+
+def test_status_shows_files_that_are_settling(rig: Rig,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rig.start()
+    rig.drop("other/a.png")
+    rig.step()
+    config = write_config_file(rig)
+    assert main(["status", "--json", "--config", str(config)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [f["source"] for f in data["settling"]] == ["other/a.png"] and data["queued"] == []
+    assert main(["status", "--config", str(config)]) == 0
+    assert "  other/a.png (" in capsys.readouterr().out
+    rig.clock.t += SETTLE + 0.01
+    rig.daemon._intake(rig.clock.t, rig.clock.t)  # queued, not yet claimed
+    assert main(["status", "--json", "--config", str(config)]) == 0
+    data = json.loads(capsys.readouterr().out)  # listed once
+    assert data["settling"] == [] and [j["source"] for j in data["queued"]] == ["other/a.png"]
+
+
+def test_after_a_restart_queued_files_are_not_counted_as_settling(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.runner.action = lambda *_: (_ for _ in ()).throw(AssertionError("not to run"))
+    rig.start()
+    for name in ("a.png", "b.png", "c.png"):
+        rig.drop(name)
+    rig.step()
+    rig.clock.t += SETTLE + 0.01
+    rig.daemon._intake(rig.clock.t, rig.clock.t)  # queued, not yet claimed
+    assert rig.ledger.counts()["queued"] == 3
+    rig.drop("d.png")  # arrives while the daemon is down
+    rig.daemon = rig.new_daemon()
+    with caplog.at_level(logging.INFO, logger="nstd.daemon"):
+        rig.start()
+    assert "3 queued, 1 file settling" in caplog.text, caplog.text
+
+
+def test_a_style_added_while_the_daemon_runs_is_used_without_a_restart(rig: Rig) -> None:
+    rig.start()
+    write_test_image(rig.root / "styles" / "fresh.png", size=(16, 16), seed=5)
+    rig.drop("fresh/x.png")
+    rig.step()
+    rig.settle()
+    rig.step()
+    assert files(rig.outbox) == ["fresh/x.fresh.png"]
 
 
 # --------------------------------------------------------------------------- the engine cache

@@ -47,14 +47,15 @@ def test_missing_file(tmp_path) -> None:
 def test_garbage_file(tmp_path, content) -> None:
     path = tmp_path / "garbage.pth"
     path.write_bytes(content)
-    with pytest.raises(WeightsError, match=r"garbage\.pth cannot be read"):
+    with pytest.raises(WeightsError, match=r"garbage\.pth is not a PyTorch checkpoint"):
         weights.load_vgg19_state_dict(path)
 
 
 def test_truncated_file(tmp_path, vgg_weights_path) -> None:
     path = tmp_path / "cut.pth"
     path.write_bytes(vgg_weights_path.read_bytes()[:5000])
-    with pytest.raises(WeightsError, match=r"cut\.pth cannot be read"):
+    with pytest.raises(WeightsError,
+                       match=r"cut\.pth is not a PyTorch checkpoint \(corrupt, truncated"):
         weights.load_vgg19_state_dict(path)
 
 

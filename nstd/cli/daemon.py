@@ -3,7 +3,8 @@
 `nstd.cli.main` registers them (`register`) and maps errors to exit codes: refusing to start
 (overlapping or unwritable folders, missing default style, weights that cannot be resolved, a
 second daemon on the same state folder) is a `ConfigError` / `UsageError`, exit 2, which the
-systemd unit does not restart (`RestartPreventExitStatus=2`).
+systemd unit does not restart (`RestartPreventExitStatus=2`). Weights that cannot be
+downloaded right now (no network) are exit 1, which it restarts.
 
 Heavy modules (torch) are imported inside `cmd_run` only, so `status` and `retry` are quick.
 """
@@ -20,12 +21,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nstd.daemon.ledger import DaemonLock, Job, Ledger, ledger_path
-from nstd.errors import ConfigError, NstdError, UsageError
+from nstd.errors import ConfigError, NstdError, UsageError, WeightsUnavailableError
 from nstd.progress import format_duration
+from nstd.text import plural
 
 log = logging.getLogger("nstd.daemon")
 
 EXIT_OK, EXIT_ABORTED = 0, 1
+EXIT_NOTHING_DONE = 1  # `nstd retry` that put nothing back
 RECENT = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -54,6 +57,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "run", parents=[common_parent],
         help="watch the inbox and stylize whatever lands there (foreground; Ctrl-C stops)")
+    p.add_argument("--weights", metavar="PATH", help="local VGG-19 state dict (model.weights)")
     p.set_defaults(handler=cmd_run)
 
     p = subparsers.add_parser("status", parents=[common_parent],
@@ -79,20 +83,16 @@ def _source(args: argparse.Namespace) -> str | None:
 def cmd_run(args: argparse.Namespace) -> int:
     """The supervisor. Imports no torch: the workers (`nstd.daemon.worker`) load the network,
     so the weights are only checked for existence here; a worker that cannot load them stops
-    the service with exit 2."""
+    the service with exit 2, or 1 when they could not be downloaded for want of network."""
     from nstd.cli.common import StopFlag, config_from_args
     from nstd.daemon.notify import SystemdNotifier
-    from nstd.daemon.supervisor import Supervisor, check_folders
+    from nstd.daemon.startup import startup_checks
+    from nstd.daemon.supervisor import Supervisor
 
     config = config_from_args(args)
     for handler in logging.getLogger().handlers:
         handler.addFilter(OneLineFilter())
-    check_folders(config, source=_source(args))
-    weights = config.model.weights
-    if weights is not None and not Path(weights).is_file():
-        what = "does not exist" if not os.path.lexists(weights) else "is not a file"
-        raise ConfigError([f"model.weights: weights file {weights} {what}; check "
-                           "model.weights"], source=_source(args))
+    startup_checks(config, source=_source(args))  # the same as `nstd check-config`
     lock = DaemonLock(ledger_path(config.daemon.state))
     try:
         lock.acquire()
@@ -100,7 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     try:
         with Ledger.open(ledger_path(config.daemon.state)) as ledger:
-            supervisor = Supervisor(config, ledger, SystemdNotifier.from_env())
+            backend = None
+            if config.daemon.cluster == "ray":  # ray is imported only when asked for
+                from nstd.cluster.backend import RayBackend
+
+                backend = RayBackend(config)
+            supervisor = Supervisor(config, ledger, SystemdNotifier.from_env(),
+                                    backend=backend)
 
             def abort() -> None:
                 logging.shutdown()
@@ -108,15 +114,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             stop = StopFlag(on_stop=supervisor.request_stop, abort=abort,
                             what="stopping after the current frames").install()
+            from nstd.web.server import StatusServer  # daemon.http: the status page
+
+            web = StatusServer.start(config, supervisor)
             try:
                 code = supervisor.run()
             finally:
                 stop.restore()
+                if web is not None:
+                    web.close()
     finally:
         lock.release()
     if code == 2:
         raise ConfigError(["a worker could not load the network (see the log above)"],
                           source=_source(args))
+    if code == 1:
+        raise WeightsUnavailableError(
+            "a worker could not fetch the VGG-19 weights right now (see the log above); "
+            "the systemd unit starts nstd again, or pass --weights PATH (model.weights) "
+            "with a local copy")
     return code
 
 
@@ -156,11 +172,20 @@ def daemon_pid(state: str | os.PathLike[str]) -> int | None:
     return pid
 
 
-def status_data(ledger: Ledger, state: str, now: float, recent: int = RECENT) -> dict[str, Any]:
-    """Everything `nstd status` shows, as JSON-able data."""
+def status_data(ledger: Ledger, state: str, now: float, recent: int = RECENT, *,
+                inbox: str | None = None) -> dict[str, Any]:
+    """Everything `nstd status` shows, as JSON-able data; with ``inbox``, also the files there
+    that no job holds yet (settling, or waiting for the daemon to start)."""
     active = ledger.active()
     pid = daemon_pid(state)
+    settling: list[dict[str, Any]] = []
+    if inbox is not None:
+        from nstd.daemon.arrivals import inbox_arrivals
+
+        settling = [{"source": a.source, "size": a.size, "mtime": a.mtime}
+                    for a in inbox_arrivals(Path(inbox), ledger)]
     return {
+        "settling": settling,
         "ledger": str(ledger.path),
         "daemon": {"running": pid is not None, "pid": pid},
         "counts": ledger.counts(),
@@ -176,7 +201,7 @@ def format_status(data: dict[str, Any], now: float) -> str:
     counts = data["counts"]
     running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
     lines = [
-        f"daemon: {running}",
+        f"daemon: {running}" + (f", {paused}" if (paused := _paused(data)) else ""),
         "jobs: " + ", ".join(f"{counts[s]} {s}" for s in ("queued", "running", "done", "failed")),
     ]
     if data["running"]:
@@ -198,6 +223,16 @@ def format_status(data: dict[str, Any], now: float) -> str:
             lines.append(f"  {job['source']} ({job['style']}){retry}")
         if len(data["queued"]) > 20:
             lines.append(f"  ... and {len(data['queued']) - 20} more")
+    if data.get("settling"):
+        settle = data.get("settle_seconds")
+        rule = f" (taken once unchanged for {settle:g} s)" if settle is not None else ""
+        lines.append(f"settling{rule}:" if daemon["running"] else
+                     "in the inbox, taken when the daemon starts:")
+        for item in data["settling"][:20]:
+            lines.append(f"  {item['source']} ({item['size']:,} bytes, changed "
+                         f"{format_duration(max(0.0, now - item['mtime']))} ago)")
+        if len(data["settling"]) > 20:
+            lines.append(f"  ... and {len(data['settling']) - 20} more")
     if data["recent"]:
         lines.append("recent:")
         for job in data["recent"]:
@@ -211,17 +246,39 @@ def format_status(data: dict[str, Any], now: float) -> str:
     return "\n".join(one_line(line) for line in lines)  # names may hold newlines
 
 
+def _paused(data: dict[str, Any]) -> str | None:
+    """"paused until 22:00" / "paused (nstd pause); ..." from the schedule state, if any."""
+    from nstd.daemon.schedule import describe
+
+    return describe(data["schedule"]) if data.get("schedule") else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from nstd.cli.common import config_from_args
+    from nstd.daemon.schedule import WorkGate  # active_hours and `nstd pause`
 
     config = config_from_args(args)
     now = time.time()
     with Ledger.open(ledger_path(config.daemon.state), readonly=True) as ledger:
-        data = status_data(ledger, config.daemon.state, now)
+        data = status_data(ledger, config.daemon.state, now, inbox=config.daemon.inbox)
+    data["settle_seconds"] = config.daemon.settle_seconds
+    data["schedule"] = WorkGate(config.daemon.active_hours, config.daemon.state).state(now)
+    from nstd.cluster.status import format_actors, read_actors  # daemon.cluster: ray
+
+    actors = read_actors(config.daemon.state, now) if data["daemon"]["running"] else None
+    if actors is not None:
+        data["actors"] = actors
+    from nstd.web.address import read_url  # daemon.http: where the status page listens
+
+    data["status_page"] = read_url(config.daemon.state) if data["daemon"]["running"] else None
     if args.json:
         print(json.dumps(data, sort_keys=True))
     else:
         print(format_status(data, now))
+        if actors:
+            print("\n".join(format_actors(actors)))
+        if data["status_page"]:
+            print(f"status page: {data['status_page']}")
     return EXIT_OK
 
 
@@ -276,6 +333,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 pass
             requeued += ledger.retry(job.source)
             print(f"{job.source}: back in the inbox")
-    print(f"requeued {requeued} job(s)")
-    return EXIT_OK
+            remove_empty_folders(found.parent, failed)
+    print(f"requeued {plural(requeued, 'job')}")
+    return EXIT_OK if requeued else EXIT_NOTHING_DONE  # say so to scripts too
+
+
+def remove_empty_folders(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``top`` while they are empty:
+    `failed/<sub>/` folders left behind by a retry."""
+    folder, top = folder.absolute(), top.absolute()
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()  # only ever succeeds on an empty folder
+        except OSError:
+            return
+        folder = folder.parent
 

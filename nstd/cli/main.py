@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 from nstd.cli.common import StopFlag, config_from_args, setup_logging
 from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
+from nstd.text import plural
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("nstd")
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video: discard stored frames instead of resuming")
     p.set_defaults(handler=cmd_stylize)
 
-    p = sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the configuration and make `nstd run`'s start-up checks")
+    p.add_argument("--weights", metavar="PATH", help="local VGG-19 state dict (model.weights)")
     p.set_defaults(handler=cmd_check_config)
 
     p = sub.add_parser("weights", parents=[common], help="show or fetch the VGG-19 weights")
@@ -72,12 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_daemon_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """`run`, `status`, `retry`: registered only where the daemon modules are installed."""
+    """`run`, `status`, `retry`, `styles`: registered only where the daemon modules are
+    installed."""
     try:
         from nstd.cli import daemon as daemon_cli
+        from nstd.cli import pause as pause_cli
+        from nstd.cli import styles as styles_cli
     except ImportError:
         return
     daemon_cli.register(sub, common)
+    styles_cli.register(sub, common)
+    pause_cli.register(sub, common)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -91,11 +100,21 @@ def parse_blend(text: str | None, count: int) -> tuple[float, ...]:
     except ValueError:
         raise UsageError(f"--style-weights {text!r}: expected numbers like 0.7,0.3") from None
     if len(weights) != count:
-        raise UsageError(f"--style-weights gives {len(weights)} weights for {count} styles; "
+        raise UsageError(f"--style-weights gives {plural(len(weights), 'weight')} for "
+                         f"{plural(count, 'style')}; "
                          "give one per --style")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UsageError("--style-weights must be non-negative with a positive sum")
     return weights
+
+
+def device_line(device: Any) -> str:
+    """``cpu (2 threads)`` or ``cuda:0 (NVIDIA H200)``: what `nstd stylize` runs on."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({plural(torch.get_num_threads(), 'thread')})"
 
 
 # --------------------------------------------------------------------------- commands
@@ -118,6 +137,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
                          blend=blend, config=config, overwrite=args.overwrite,
                          restart=args.restart)
     stylizer = build_stylizer(config.model, config.style)
+    print(f"device: {device_line(stylizer.device)}", file=sys.stderr)  # CPU runs are slow
     stop = StopFlag()
     stop.install()
     printer = ProgressPrinter(sys.stderr)
@@ -128,14 +148,20 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), sort_keys=True))
     else:
-        log.info("wrote %s (loss %.4g -> %.4g, %d iterations, %.1f s)", report.output,
-                 report.initial_loss, report.final_loss, report.iterations, report.seconds)
+        log.info("wrote %s (loss %.4g -> %.4g, %s, %.1f s)", report.output,
+                 report.initial_loss, report.final_loss, plural(report.iterations, "iteration"),
+                 report.seconds)
     return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config_from_args(args)
+    from nstd.daemon.startup import startup_checks, weights_note
+
+    config = config_from_args(args)
     where = args.config or ("config.yaml" if Path("config.yaml").is_file() else "defaults")
+    # what `nstd run` refuses, refused here too
+    startup_checks(config, source=None if where == "defaults" else str(where))
+    print(weights_note(config))
     print(f"{where}: OK")
     return EXIT_OK
 
@@ -169,7 +195,7 @@ def cmd_eval_temporal(args: argparse.Namespace) -> int:
         print(json.dumps(figures, sort_keys=True))
     else:
         print(f"E_warp stylized {figures['ewarp']:.6f}  source {figures['source_ewarp']:.6f}  "
-              f"({figures['pairs']} frame pairs)")
+              f"({plural(figures['pairs'], 'frame pair')})")
     return EXIT_OK
 
 
@@ -181,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except ConfigError as exc:
         for problem in exc.problems:
             where = f"{exc.source}: " if exc.source else ""
@@ -198,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nstd: aborted", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # `nstd status | head`: the reader left, which is not an error. Point stdout at
+        # devnull so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE  # as Python's documentation does (signal module, SIGPIPE)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if args.debug:
             traceback.print_exc()

@@ -13,6 +13,9 @@ library can never corrupt the protocol).
     supervisor -> worker   {"type": "init", "config": {...}, "threads": N}
                            {"type": "job", "spec": {...}}
                            {"type": "stop"}            finish/park the current job, then exit
+                           {"type": "park"}            park the current job between frames
+                                                       (as a stop: kind "stopped"), stay up;
+                                                       the daemon paused (nstd.daemon.schedule)
     worker -> supervisor   {"event": "ready", "device": "cuda:0"}
                            {"event": "fatal", "reason": ...}   cannot load the network: stop
                            {"event": "progress", "job": id, "stage": probe|plan|iteration|

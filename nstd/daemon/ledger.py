@@ -40,6 +40,7 @@ from typing import Any, Literal
 from nstd.errors import InputError, NstdError
 from nstd.faults import failpoint
 from nstd.media.files import open_regular
+from nstd.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ HASH_CHUNK = 64 * 1024
 BUSY_TIMEOUT_MS = 10_000
 # Backoff doubles per attempt; the cap keeps a large max_attempts from waiting for weeks.
 MAX_BACKOFF_SECONDS = 6 * 3600.0
+# Claim order is by not_before ("ready since"), then id: a job put back by a stop or a crash
+# is ready since 0 and goes first; one requeued by `nstd retry` since 1 (the epoch's first
+# second: after those, before every file that arrived).
+READY_RESUMED = 0.0
+READY_RETRIED = 1.0
 
 State = Literal["queued", "running", "done", "failed"]
 STATES: tuple[State, ...] = ("queued", "running", "done", "failed")
@@ -325,11 +331,18 @@ class Ledger:
         return job
 
     def claim(self, now: float, lease_seconds: float) -> Job | None:
-        """Take the oldest queued job that is not backing off: running, attempts + 1, leased."""
+        """Take the queued job that has waited longest, not backing off: running, attempts
+        + 1, leased.
+
+        Order: ``not_before`` (when the job became ready: its arrival, or the end of its
+        retry backoff), then id. A job put back by a stop (`release`) or a crash (`recover`)
+        is ready since 0: it resumes first after the restart, before files that arrived
+        while it ran (its stored frames are the work already paid for).
+        """
         with self._write() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ? "
-                "ORDER BY id LIMIT 1", (now,)).fetchone()
+                "ORDER BY not_before, id LIMIT 1", (now,)).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -396,7 +409,7 @@ class Ledger:
         Their attempt was counted when claimed; a job that has used ``max_attempts`` (it
         crashed the daemon or its worker that many times: a poison file) is ``failed``
         instead, with a reason saying so, and `interrupted_failures` lists it. They may start
-        at once (``not_before = now``). Returns how many were requeued. Call only while
+        at once, first (``not_before = 0``). Returns how many were requeued. Call only while
         holding the `DaemonLock`.
         """
         self.interrupted_failures: list[Job] = []
@@ -409,16 +422,17 @@ class Ledger:
                         "UPDATE jobs SET state = 'failed', lease_until = NULL, finished = ?, "
                         "eta_seconds = NULL, error = ? WHERE id = ?",
                         (now, f"nstd stopped or crashed while processing this file "
-                              f"{attempts} times (the last error: "
+                              f"{plural(attempts, 'time')} (the last error: "
                               f"{self._error(db, job_id) or 'none'})", job_id))
+            # An interrupted job is claimed first (see `claim`).
             cur = db.execute(
                 "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ? "
-                "WHERE state = 'running'", (now,))
+                "WHERE state = 'running'", (READY_RESUMED,))
         if max_attempts is not None:
             self.interrupted_failures = [j for j in (self.get(job_id) for job_id, _ in rows)
                                          if j is not None]
         if cur.rowcount:
-            log.info("%d interrupted job(s) queued again", cur.rowcount)
+            log.info("%s queued again", plural(cur.rowcount, "interrupted job"))
         return cur.rowcount
 
     @staticmethod
@@ -429,8 +443,10 @@ class Ledger:
     def retry(self, name: str | None = None) -> int:
         """Requeue failed jobs (all, or those whose source path or file name is ``name``).
 
-        Attempts are reset. A failed row whose bytes were since queued or done again under
-        the same name is left alone. Returns how many jobs were requeued.
+        Attempts are reset; they are claimed after stopped jobs and before new arrivals
+        (``not_before = READY_RETRIED``, see `claim`). A failed row whose bytes were since
+        queued or done again under the same name is left alone. Returns how many jobs were
+        requeued.
         """
         with self._write() as db:
             rows = db.execute(
@@ -446,8 +462,8 @@ class Ledger:
                 if live:
                     continue
                 db.execute(
-                    "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
-                    "finished = NULL WHERE id = ?", (job_id,))
+                    "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, "
+                    "finished = NULL WHERE id = ?", (READY_RETRIED, job_id))
                 count += 1
         return count
 
@@ -478,12 +494,12 @@ class Ledger:
 
     def release(self, job_id: int, now: float) -> bool:
         """Put a running job back to ``queued`` without counting the attempt (the daemon was
-        asked to stop). True if the job was running."""
+        asked to stop, or paused): first in claim order. True if the job was running."""
         with self._write() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
                 "lease_until = NULL, not_before = ?, eta_seconds = NULL "
-                "WHERE id = ? AND state = 'running'", (now, job_id))
+                "WHERE id = ? AND state = 'running'", (READY_RESUMED, job_id))
         return cur.rowcount == 1
 
     def adopt(self, source: str, key: str, style: str, state: State, now: float, *,
@@ -527,10 +543,10 @@ class Ledger:
         return counts
 
     def active(self) -> list[Job]:
-        """Running jobs, then queued ones in claim order."""
+        """Running jobs, then queued ones in claim order (see `claim`)."""
         return self._many(
             "WHERE state IN ('running', 'queued') "
-            "ORDER BY state = 'queued', id")
+            "ORDER BY state = 'queued', not_before, id")
 
     def recent(self, limit: int = 20) -> list[Job]:
         """The last ``limit`` finished (done or failed) jobs, newest first."""

@@ -38,6 +38,7 @@ from nstd.daemon.ledger import Job, Ledger, content_key
 from nstd.errors import InputError, OutputError
 from nstd.faults import failpoint
 from nstd.media import files as fsutil
+from nstd.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def verify_output(path: Path, kind: str, limits: LimitsConfig,
             raise OutputError(f"cannot check {path.name} against its source ({exc})") from None
     if not video.verify_video(path, expected_frames, progress):  # raises OutputError: why
         raise OutputError(f"the output {path.name} does not have the expected "
-                          f"{expected_frames} frames")
+                          f"{plural(expected_frames, 'frame')}")
 
 
 # --------------------------------------------------------------------------- moving files

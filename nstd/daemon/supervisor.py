@@ -34,6 +34,10 @@ folders nested deeper than `nstd.daemon.watch.MAX_DEPTH`, files still changing, 
 
 The inbox folder itself may vanish (deleted, or a mount that went away): the daemon waits for
 it without re-creating it, then re-arms the watch and rescans.
+
+Outside `daemon.active_hours` or after `nstd pause` (`nstd.daemon.schedule.WorkGate`), files
+are still queued but nothing is claimed, and each busy worker is sent "park" once: its job
+comes back as "stopped" (released, first in line). Events go to `nstd.daemon.hooks`.
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ from typing import Any
 
 from nstd.config import Config, to_mapping
 from nstd.daemon import outcome
+from nstd.daemon.arrivals import new_arrivals
+from nstd.daemon.hooks import Event, Hooks
 from nstd.daemon.intake import job_config, relative_source, resolve_style, style_label, take
 from nstd.daemon.jobspec import INPUT_FOLDER, STORE_FOLDER, JobSpec, check_job, kind_of, link_source
 from nstd.daemon.ledger import Job, Ledger, content_key
 from nstd.daemon.notify import SystemdNotifier, watchdog_interval
 from nstd.daemon.pool import ProcessBackend, WorkerPlan, describe_exit, plan_workers
+from nstd.daemon.schedule import WorkGate
+from nstd.daemon.schedule import describe as describe_pause
 from nstd.daemon.watch import (
     InboxEventHandler,
     StabilityTracker,
@@ -68,6 +76,7 @@ from nstd.daemon.watch import (
 from nstd.errors import ConfigError, InputError
 from nstd.faults import failpoint
 from nstd.progress import format_duration
+from nstd.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +95,9 @@ INPUT_HOLD_SETTLES = 3
 # woken late on a loaded machine still pings well within the interval.
 PING_FRACTION = 0.5
 EXIT_CONFIG = 2  # a worker cannot load the network: systemd must not restart us in a loop
+EXIT_TRANSIENT = 1  # a worker cannot fetch the weights right now: systemd restarts us
 STAGES = {"probe": "checking", "plan": "planning", "frame": "frame", "iteration": "iteration",
-          "verify": "verifying"}
+          "verify": "verifying", "encode": "encoding"}
 OOM_SHRINK = 0.75  # next attempt's style.max_side after running out of memory
 MIN_WAIT = 0.05
 MAX_WAIT = 300.0
@@ -192,6 +202,7 @@ class _Slot:
     restart_at: float = 0.0
     quick_deaths: int = 0  # deaths before "ready", in a row: restart backoff
     killed_for: str | None = None  # why we SIGKILLed it (stalled)
+    parked: int | None = None  # the job it was asked to park (the daemon paused)
     eof: bool = False
 
     @property
@@ -222,7 +233,8 @@ class Supervisor:
     def __init__(self, config: Config, ledger: Ledger, notifier: SystemdNotifier | None = None,
                  *, backend: Any = None, plans: list[WorkerPlan] | None = None,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, watch: bool = True) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, watch: bool = True,
+                 hooks: Hooks | None = None) -> None:
         d = config.daemon
         self.config = config
         self.ledger = ledger
@@ -236,7 +248,10 @@ class Supervisor:
         # On inotify, a file modified and not closed since is still being written (watch.py).
         self.tracker = StabilityTracker(d.settle_seconds, writes=self.handler.writes)
         self.backend = backend if backend is not None else ProcessBackend(config)
-        self._plans = plans if plans is not None else plan_workers(config)
+        if plans is None:
+            own_plans = getattr(self.backend, "plans", None)  # a cluster knows its actors
+            plans = own_plans() if own_plans is not None else plan_workers(config)
+        self._plans = plans
         self._slots = [_Slot(i, plan) for i, plan in enumerate(self._plans)]
         self._clock = clock
         self._mono = monotonic
@@ -261,6 +276,10 @@ class Supervisor:
         self._pause = 0.0
         self._stranded: int | None = None  # job left 'running' by a ledger error
         self._ledger_warned = False
+        # Overnight habits: active_hours and `nstd pause` (schedule.py), on_event (hooks.py).
+        self.gate = WorkGate(d.active_hours, d.state)
+        self.hooks = hooks if hooks is not None else Hooks.from_config(config)
+        self._work_since: float | None = None  # first claim since the queue was empty
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -291,13 +310,13 @@ class Supervisor:
         if not any(self.ledger.counts().values()):
             rebuilt = outcome.rebuild_ledger(self.ledger, self.config, now)
             if any(rebuilt):
-                log.warning("the job ledger was empty: rebuilt %d done and %d failed job(s) "
-                            "from %s and %s", rebuilt[0], rebuilt[1], self.config.daemon.done,
-                            self.config.daemon.failed)
+                log.warning("the job ledger was empty: rebuilt %d done and %s "
+                            "from %s and %s", rebuilt[0], plural(rebuilt[1], "failed job"),
+                            self.config.daemon.done, self.config.daemon.failed)
         for key in ("outbox", "done", "failed"):
             removed = outcome.clean_temp_files(Path(getattr(self.config.daemon, key)))
             if removed:
-                log.info("removed %d unfinished temporary file(s) from %s", removed,
+                log.info("removed %s from %s", plural(removed, "unfinished temporary file"),
                          getattr(self.config.daemon, key))
         self._clean_work_dirs()
         for slot in self._slots:
@@ -310,9 +329,12 @@ class Supervisor:
             self._notice(path, mono, scan=True)
         self._next_rescan = mono + self.config.daemon.rescan_seconds
         counts = self.ledger.counts()
-        log.info("ready: watching %s (%s), %d queued, %d file(s) settling, %d worker(s); "
-                 "results in %s", self.inbox, "polling" if self.config.daemon.poll else
-                 "inotify", counts["queued"], len(self.tracker), len(self._slots), self.outbox)
+        # Files of jobs already queued are seen by the scan too: not counted again.
+        settling = new_arrivals(self.tracker.paths(), self.inbox, self.ledger)
+        log.info("ready: watching %s (%s), %d queued, %s settling, %s; results in %s",
+                 self.inbox, "polling" if self.config.daemon.poll else "inotify",
+                 counts["queued"], plural(len(settling), "file"),
+                 plural(len(self._slots), "worker"), self.outbox)
         self.notifier.ready(self._status_line())
         self._last_ping = mono
 
@@ -357,7 +379,11 @@ class Supervisor:
                 log.warning("%s (pid %s) did not stop; killing it", slot.name, handle.pid)
                 handle.kill()
                 wait(5.0)
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
         self._stop_observer()
+        self.hooks.close()
         log.info("stopped")
 
     def _busy(self) -> bool:
@@ -399,7 +425,12 @@ class Supervisor:
             self._check_workers(now, mono)
             if self._stopping or mono < self._paused_until:
                 return False
+            if self._hold(now):  # outside daemon.active_hours, or `nstd pause`
+                self._set_status()
+                return False
             worked = self._dispatch(now, mono)
+            if not worked:
+                self._queue_empty(now)
         except sqlite3.Error as exc:
             # The ledger cannot be written (disk full, I/O error): nothing about the job can
             # be recorded, so nothing is decided. Pause, then put the job back and go on.
@@ -415,6 +446,39 @@ class Supervisor:
         self._pause = min(MAX_PAUSE_SECONDS, max(1.0, 2 * self._pause))
         self._paused_until = mono + self._pause
         return self._pause
+
+    def schedule_state(self, now: float | None = None) -> dict[str, Any]:
+        """``{"paused": bool, "reason": "schedule"|"manual"|None, "until": "HH:MM"|None}``
+        (see `nstd.daemon.schedule`); ``now``: epoch seconds, default the clock."""
+        return self.gate.state(self._clock() if now is None else now)
+
+    def _hold(self, now: float) -> bool:
+        """True while the gate is closed; asks each busy worker, once per job, to park its
+        job between frames (it comes back as "stopped": queued again, no attempt counted,
+        first in line; a video keeps its stored frames, an image starts over)."""
+        if not self.gate.closed(now):
+            return False
+        for slot in self._slots:
+            if slot.state == "busy" and slot.job is not None and slot.parked != slot.job.id \
+                    and slot.handle is not None:
+                slot.parked = slot.job.id
+                log.info("%s: pausing %s", slot.name, slot.job.source)
+                slot.handle.send({"type": "park"})
+        return True
+
+    def _announce_failed(self, job: Job, when: float) -> None:
+        self.hooks.emit(Event("failed", job.source, "", job.error or "failed",
+                              when - (job.started or when)))
+
+    def _queue_empty(self, now: float) -> None:
+        """``queue-empty`` once the last job of a busy spell ended and nothing is left."""
+        if self._work_since is None or self._busy():
+            return
+        counts = self.ledger.counts()
+        if counts["queued"] or counts["running"]:
+            return
+        self.hooks.emit(Event("queue-empty", seconds=now - self._work_since))
+        self._work_since = None
 
     def idle_timeout(self, now: float, monotonic: float) -> float:
         """Seconds the idle loop may sleep before something is due."""
@@ -439,6 +503,9 @@ class Supervisor:
                        if j.state == "queued" and j.not_before > now]
         if backing_off:
             waits.append(min(backing_off) - now)
+        gate = self.gate.wait(now)
+        if gate is not None:
+            waits.append(gate)
         return max(MIN_WAIT, min(waits))
 
     def wait(self, timeout: float) -> None:
@@ -477,8 +544,8 @@ class Supervisor:
             slot.restart_at = mono + RESTART_BACKOFF_MAX
             return
         where = f" on CUDA device {slot.plan.device}" if slot.plan.device is not None else ""
-        log.info("%s started (pid %s%s, %d thread(s))", slot.name, slot.handle.pid, where,
-                 slot.plan.threads)
+        log.info("%s started (pid %s%s, %s)", slot.name, slot.handle.pid, where,
+                 plural(slot.plan.threads, "thread"))
 
     def _check_workers(self, now: float, mono: float) -> None:
         stall = self.config.daemon.stall_seconds
@@ -532,7 +599,7 @@ class Supervisor:
         current = self.ledger.get(job.id) or job
         reason = f"the worker process died ({how})"
         if current.attempts >= self.config.daemon.max_attempts:
-            reason += f" on this file {current.attempts} times"
+            reason += f" on this file {plural(current.attempts, 'time')}"
         self._fail(job, reason, now, permanent=False)
 
     def _on_message(self, message: _Message, now: float, mono: float) -> None:
@@ -552,7 +619,9 @@ class Supervisor:
         if event == "fatal":
             log.error("%s cannot run jobs: %s; stopping (fix it, then start nstd again)",
                       slot.name, data.get("reason"))
-            self.exit_code = EXIT_CONFIG
+            # A download that failed for want of network is retried by a restart (exit 1);
+            # anything else (a missing or broken file) would fail the same way again.
+            self.exit_code = EXIT_TRANSIENT if data.get("transient") else EXIT_CONFIG
             self.request_stop()
             return
         job = slot.job
@@ -615,6 +684,8 @@ class Supervisor:
             if job is None:
                 break
             worked = True
+            if self._work_since is None:
+                self._work_since = now
             failpoint("daemon.claimed")
             try:
                 spec = self._prepare(job, mono)
@@ -713,6 +784,8 @@ class Supervisor:
         self.ledger.complete(job.id, str(output), self._clock())
         failpoint("daemon.completed")
         log.info("done %s -> %s (%s)", job.source, output, summary)
+        self.hooks.emit(Event("done", job.source, str(output), "",
+                              self._clock() - (job.started or self._clock())))
         path = self.inbox / job.source
         try:
             what = outcome.finish_source(path, job, self.config)
@@ -742,6 +815,7 @@ class Supervisor:
                 if job is not None and job.state == "failed" and \
                         outcome.source_changed(path, job.content_key) is None:
                     self._finish_failed(job, path, now)
+                    self._announce_failed(job, job.finished or now)
                 else:  # it changed: a copy that paused; its new bytes are a new job
                     self.tracker.observe(path, mono)
         if mono >= self._next_rescan:
@@ -962,7 +1036,10 @@ class Supervisor:
             log.warning("attempt %d of %s failed: %s; retrying in %s", updated.attempts,
                         job.source, reason, format_duration(updated.not_before - now))
             return
-        log.error("failed %s after %d attempt(s): %s", job.source, updated.attempts, reason)
+        log.error("failed %s after %s: %s", job.source, plural(updated.attempts, "attempt"),
+                  reason)
+        if not hold:  # a held file is announced once it goes to failed/ (see _intake)
+            self._announce_failed(updated, now)
         failpoint("daemon.failed_marked")
         path = self.inbox / job.source
         shutil.rmtree(self.work / str(job.id), ignore_errors=True)
@@ -1026,6 +1103,9 @@ class Supervisor:
 
     def _status_line(self) -> str:
         counts = self.ledger.counts()
+        paused = describe_pause(self.gate.state(self._clock()))
+        if paused and not self._busy():
+            return f"{paused}; {counts['queued']} queued"
         queued = f"{counts['queued']} queued"
         busy = [slot for slot in self._slots if slot.state == "busy" and slot.job]
         if not busy:

@@ -260,6 +260,10 @@ class StabilityTracker:
     def __contains__(self, path: object) -> bool:
         return Path(path) in self._files if isinstance(path, (str, os.PathLike)) else False
 
+    def paths(self) -> list[Path]:
+        """The files being watched until they settle."""
+        return list(self._files)
+
     @staticmethod
     def _signature(path: Path) -> tuple[int, int] | None:
         try:

@@ -47,6 +47,7 @@ from nstd.errors import (
     TransientError,
 )
 from nstd.faults import failpoint
+from nstd.text import plural
 
 log = logging.getLogger("nstd.worker")
 
@@ -62,7 +63,9 @@ class _Reporter:
         self.emit = emit
         self.clock = clock
         self.last = float("-inf")
+        self.last_beat = float("-inf")
         self.decoding = False
+        self.preview: Any = None  # nstd.daemon.preview.Preview when daemon.http is on
 
     def _due(self) -> bool:
         now = self.clock()
@@ -73,7 +76,12 @@ class _Reporter:
 
     def heartbeat(self) -> None:
         failpoint("job.heartbeat")
-        if self._due():
+        # Its own throttle, and only when nothing else went out for a second: sharing
+        # `_due` with `stage` let the per-iteration heartbeats starve a video's frame events
+        # (progress stayed at "starting" until the last frame).
+        now = self.clock()
+        if now - max(self.last, self.last_beat) >= EVENT_SECONDS:
+            self.last_beat = now
             self.emit({"event": "heartbeat", "job": self.job_id})
 
     def stage(self, stage: str, done: int, total: int, eta: float | None = None,
@@ -105,6 +113,8 @@ class _Reporter:
                 failpoint("video.frame")
         final = p.total > 0 and p.done >= p.total and p.unit != "plan"
         self.stage(p.unit, p.done, p.total, p.eta, final=final)
+        if self.preview is not None and p.unit != "plan":
+            self.preview.update(p.unit, p.done)
 
 
 class _NameTaken(NstdError):
@@ -143,6 +153,10 @@ def execute(spec: JobSpec, engines: Any, emit: Emit, should_stop: Callable[[], b
     """Run one job and report how it ended (``published`` or ``failed``); never raises
     (except BaseException such as KeyboardInterrupt)."""
     reporter = _Reporter(spec.job_id, emit)
+    if (spec.config.get("daemon") or {}).get("http"):  # the status page shows a live preview
+        from nstd.daemon.preview import Preview
+
+        reporter.preview = Preview.for_spec(spec)
     try:
         failpoint("worker.job")
         summary = _run(spec, engines, reporter, should_stop, runner)
@@ -221,11 +235,11 @@ def _summary(report: Any, seconds: float) -> str:
     extra = getattr(report, "extra", None) or {}
     parts = [f"{seconds:.1f} s"]
     if "frames" in extra:
-        parts.append(f"{extra['frames']} frames")
+        parts.append(plural(extra["frames"], "frame"))
         if extra.get("frames_resumed"):
             parts.append(f"{extra['frames_resumed']} resumed")
     else:
-        parts.append(f"{report.iterations} iterations")
+        parts.append(plural(report.iterations, "iteration"))
     parts.append(f"{report.width}x{report.height}")
     return ", ".join(parts)
 
@@ -247,6 +261,10 @@ class _Channel:
         self._lock = threading.Lock()
         self.inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.stopping = threading.Event()
+        # "park": stop the current job between frames like a stop, but stay up (a pause).
+        # Cleared here, in pipe order, by the next "job": a park sent after a job is never
+        # lost, one sent before it never stops it.
+        self.parking = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(inp,), name="pipe",
                                         daemon=True)
         self._thread.start()
@@ -258,9 +276,18 @@ class _Channel:
                 continue
             if message.get("type") == "stop":
                 self.stopping.set()
+            elif message.get("type") == "park":
+                self.parking.set()
+                continue
+            elif message.get("type") == "job":
+                self.parking.clear()
             self.inbox.put(message)
         # The supervisor is gone: nobody will record what this worker does. Stop now.
         os._exit(3)
+
+    def should_stop(self) -> bool:
+        """The job's stop check: a stop, or a park (the daemon paused)."""
+        return self.stopping.is_set() or self.parking.is_set()
 
     def emit(self, message: dict[str, Any]) -> None:
         with self._lock:
@@ -323,7 +350,9 @@ def main() -> int:
         engines.stylizer(config)  # the default extractor (and CUDA) before "ready"
     except Exception as exc:  # noqa: BLE001 - reported; the supervisor decides
         channel.emit({"event": "fatal", "reason": f"{type(exc).__name__}: {exc}"
-                      if not isinstance(exc, NstdError) else str(exc)})
+                      if not isinstance(exc, NstdError) else str(exc),
+                      # e.g. no network for the download: a later start may succeed
+                      "transient": isinstance(exc, TransientError)})
         return 2
     channel.emit({"event": "ready", "device": str(engines.device), "pid": os.getpid()})
     while not channel.stopping.is_set():
@@ -332,7 +361,7 @@ def main() -> int:
             break
         if message.get("type") == "job":
             spec = JobSpec.from_dict(message["spec"])
-            execute(spec, engines, channel.emit, channel.stopping.is_set)
+            execute(spec, engines, channel.emit, channel.should_stop)
     return 0
 
 

@@ -52,6 +52,7 @@ from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_l
 from nstd.engine.optim import BoxLBFGS
 from nstd.engine.weights import load_vgg19_state_dict
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
+from nstd.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def resolve_device(spec: str) -> torch.device:
         index = int(spec[5:]) if ":" in spec else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise ConfigError(f"model.device: {spec} does not exist; this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s)")
+                              f"{plural(torch.cuda.device_count(), 'CUDA device')}")
         return torch.device("cuda", index)
     raise ConfigError(f"model.device: must be auto, cpu, cuda or cuda:N, got {spec!r}")
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from nstd.engine.features import check_vgg19_state_dict
-from nstd.errors import WeightsError
+from nstd.errors import WeightsError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,17 @@ def load_vgg19_state_dict(path: str | os.PathLike[str] | None) -> dict[str, Tens
 
 
 def _read_state_dict(file: Path, source: str, hint: str) -> dict[str, Tensor]:
+    if not _looks_like_torch_file(file):
+        # Text, HTML from a failed download, a truncated zip: torch.load would report these as
+        # unsupported pickle globals, which sends the user after the wrong problem.
+        raise WeightsError(f"{source} is not a PyTorch checkpoint (corrupt, truncated or "
+                           "another kind of file); download or copy it again, or point "
+                           f"model.weights (--weights) at a VGG-19 state dict (.pth){hint}")
     try:
         data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types (pickle, zip, EOF, Runtime...)
-        if "weights only" in str(exc).lower():
+        text = str(exc).lower()
+        if "weights only" in text and "global" in text:
             reason = ("it holds Python objects besides tensors, such as a whole model; "
                       "save model.state_dict() instead")
         else:
@@ -91,19 +99,40 @@ def _read_state_dict(file: Path, source: str, hint: str) -> dict[str, Tensor]:
     return data
 
 
+def _looks_like_torch_file(file: Path) -> bool:
+    """True for what torch.save writes: a zip archive (the default since torch 1.6) or a legacy
+    pickle (first byte 0x80, the pickle PROTO opcode)."""
+    try:
+        with open(file, "rb") as stream:
+            first = stream.read(1)
+        return first == b"\x80" or zipfile.is_zipfile(file)
+    except OSError:
+        return True  # unreadable: let torch.load report it the usual way
+
+
 def _download(file: Path) -> None:
     """Fetch the default weights into the torch hub cache (atomic: temp file then rename)."""
     match = re.search(r"-([a-f0-9]+)\.", file.name)
     log.info("downloading %s from %s to %s", DEFAULT_WEIGHTS_NAME, DEFAULT_WEIGHTS_URL, file)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot create the weights cache {file.parent} "
+                           f"({exc.strerror or exc}); set $TORCH_HOME to a writable folder, or "
+                           + _FIX_OFFLINE.format(path=file)) from None
+    try:
         torch.hub.download_url_to_file(DEFAULT_WEIGHTS_URL, str(file),
                                        hash_prefix=match.group(1) if match else None,
                                        progress=False)
     except Exception as exc:  # URLError, HTTPError, OSError, hash mismatch (RuntimeError)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot download {DEFAULT_WEIGHTS_NAME} from {DEFAULT_WEIGHTS_URL} "
-                           f"({reason[:120]}); " + _FIX_OFFLINE.format(path=file)) from None
+        what = f"cannot download {DEFAULT_WEIGHTS_NAME} from {DEFAULT_WEIGHTS_URL} ({reason[:120]})"
+        if isinstance(exc, OSError):  # URLError, timeouts, refused connections: no network now
+            raise WeightsUnavailableError(
+                f"{what}; nothing to fix if the network is only down for now: a later start "
+                "tries again (the systemd unit restarts nstd), or "
+                + _FIX_OFFLINE.format(path=file)) from None
+        raise WeightsError(f"{what}; " + _FIX_OFFLINE.format(path=file)) from None
 
 
 def describe_weights(path: str | os.PathLike[str] | None) -> str:

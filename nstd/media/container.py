@@ -52,6 +52,7 @@ import numpy as np
 from nstd.errors import InputError, OutputError, TransientError, UsageError
 from nstd.media import files as fsutil
 from nstd.media.images import check_pixels
+from nstd.text import plural
 
 if TYPE_CHECKING:
     from nstd.config import LimitsConfig
@@ -68,6 +69,30 @@ _MP4_LIKE = ("mp4", "mov")
 _QT_ATOMS = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 #: How many packets may pass without a decoded frame before a stream counts as undecodable.
 _FIRST_FRAME_PACKET_LIMIT = 300
+
+
+@dataclass(frozen=True, eq=False)
+class InMemory:
+    """A compressed video held in memory instead of a file (on a Ray actor: the source as it
+    came from the object store). `probe_video` and `iter_frames` take it where they take a
+    path, with the same container sniffing and limits; ``name`` stands for the path in
+    messages. A memoryview is copied once into the reader (`io.BytesIO`); bytes are not."""
+
+    name: str
+    data: bytes | memoryview
+
+    def __str__(self) -> str:
+        return self.name
+
+    def reader(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+Source = str | os.PathLike[str] | InMemory
+
+
+def _as_source(path: Source) -> Path | InMemory:
+    return path if isinstance(path, InMemory) else Path(path)
 
 
 @dataclass(frozen=True)
@@ -95,7 +120,7 @@ class VideoInfo:
     container: the demuxer used ('mov', 'matroska' or 'avi').
     """
 
-    path: Path
+    path: Path | InMemory  # InMemory: decoded from bytes (a Ray actor)
     width: int
     height: int
     coded_width: int
@@ -157,10 +182,13 @@ class Frame:
 # --------------------------------------------------------------------------- opening
 
 
-def _sniff_container(path: Path) -> str | None:
+def _sniff_container(path: Path | InMemory) -> str | None:
     """The demuxer for `path` from its magic bytes, or None if not a supported container."""
-    with open(path, "rb") as handle:
-        head = handle.read(12)
+    if isinstance(path, InMemory):
+        head = bytes(path.data[:12])
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "matroska"
     if head[4:8] in _QT_ATOMS:
@@ -170,8 +198,17 @@ def _sniff_container(path: Path) -> str | None:
     return None
 
 
-def _check_file(path: Path, max_file_bytes: int | None = None) -> int:
+def _check_file(path: Path | InMemory, max_file_bytes: int | None = None) -> int:
     """Refuse what is not a regular, non-empty, small-enough file; returns its size."""
+    if isinstance(path, InMemory):
+        size = memoryview(path.data).nbytes
+        if size == 0:
+            raise InputError(f"{path} is empty (0 bytes)")
+        if max_file_bytes is not None and size > max_file_bytes:
+            raise InputError(
+                f"{path} is {size} bytes, above limits.max_file_bytes = {max_file_bytes}"
+            )
+        return size
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -193,7 +230,7 @@ def _check_file(path: Path, max_file_bytes: int | None = None) -> int:
 
 
 def _open_input(
-    path: Path, max_pixels: int | None = None
+    path: Path | InMemory, max_pixels: int | None = None
 ) -> tuple[av.container.InputContainer, str]:
     """Open with the demuxer sniffed from the magic bytes. `max_pixels` caps every frame the
     decoders may allocate, including the ones FFmpeg decodes while probing the streams."""
@@ -208,7 +245,8 @@ def _open_input(
     options = {"max_pixels": str(max_pixels)} if max_pixels else None
     try:
         container = av.open(
-            str(path), mode="r", format=demuxer, options=options, metadata_errors="replace"
+            path.reader() if isinstance(path, InMemory) else str(path), mode="r",
+            format=demuxer, options=options, metadata_errors="replace"
         )
     except av.FFmpegError as exc:
         raise InputError(
@@ -268,7 +306,7 @@ def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def probe_video(
-    path: str | os.PathLike[str], limits: LimitsConfig, *, scan: bool = True,
+    path: Source, limits: LimitsConfig, *, scan: bool = True,
     progress: PacketProgress | None = None,
 ) -> VideoInfo:
     """Inspect a source video and refuse what nstd cannot or must not process.
@@ -283,7 +321,7 @@ def probe_video(
     stream (e.g. audio only), undecodable stream or zero frames, truncated or corrupt file,
     file size / pixels / duration / frame count above `limits`.
     """
-    path = Path(path)
+    path = _as_source(path)
     file_bytes = _check_file(path, limits.max_file_bytes)
     container, demuxer = _open_input(path, _decoder_cap(limits.max_pixels))
     with container:
@@ -349,7 +387,8 @@ def probe_video(
             except av.FFmpegError as exc:
                 raise InputError(
                     f"{path} is truncated or corrupt: reading stopped after"
-                    f" {scanner.count} frames ({scanner.seconds():.2f} s) ({_why(exc)})"
+                    f" {plural(scanner.count, 'frame')} ({scanner.seconds():.2f} s)"
+                    f" ({_why(exc)})"
                 ) from None
             _check_complete(path, demuxer, scanner, header_frames, header_duration, rate)
             frames, exact = scanner.count, True
@@ -491,15 +530,53 @@ def _check_complete(
 # --------------------------------------------------------------------------- decoding
 
 
-def iter_frames(path: str | os.PathLike[str], info: VideoInfo) -> Iterator[Frame]:
+def iter_frames(path: Source, info: VideoInfo, *, start_index: int = 0,
+                start_pts: int | None = None) -> Iterator[Frame]:
     """Decode the video stream as upright RGB frames, streaming (memory does not grow).
 
     Yields Frame(index, rgb (H,W,3) uint8 at info.width x info.height, pts, time_base,
     duration). The decoder is flushed at the end so the last frames are not lost. Raises
     InputError if decoding fails part-way or ends noticeably short of `info` (truncated or
     corrupt), saying how many frames and seconds were decodable of how many expected.
+
+    ``start_index`` > 0 with its frame's ``start_pts`` (from the plan pass): seek to the
+    keyframe at or before it and decode forward from there, yielding frames from
+    ``start_index`` on with their true indices (a unit of work on another machine decodes only
+    its own part). Frames are the ones a decode from the start gives (the decoder restarts at
+    a keyframe); where the seek cannot be trusted (no timestamps, it landed after the frame),
+    the file is decoded from the start and the frames before ``start_index`` are skipped.
     """
-    path = Path(path)
+    if start_index > 0:
+        yield from _iter_from(_as_source(path), info, start_index, start_pts)
+        return
+    yield from _iter_all(_as_source(path), info)
+
+
+def _iter_from(path: Path | InMemory, info: VideoInfo, start_index: int,
+               start_pts: int | None) -> Iterator[Frame]:
+    if start_pts is not None:
+        seeked = _iter_all(path, info, seek_pts=start_pts)
+        first = next(seeked, None)
+        if first is not None and first.pts == start_pts:
+            offset = start_index - first.index
+            yield Frame(start_index, first.rgb, first.pts, first.time_base, first.duration)
+            for frame in seeked:
+                yield Frame(frame.index + offset, frame.rgb, frame.pts, frame.time_base,
+                            frame.duration)
+            return
+        seeked.close()
+        log.info("%s: seeking to frame %d failed; decoding from the start", path.name,
+                 start_index)
+    for frame in _iter_all(path, info):
+        if frame.index >= start_index:
+            yield frame
+
+
+def _iter_all(path: Path | InMemory, info: VideoInfo,
+              seek_pts: int | None = None) -> Iterator[Frame]:
+    """Every frame from the start, or (``seek_pts``) from the keyframe before that pts on,
+    skipping frames before it: indices then count from 0 at the frame at ``seek_pts``, and
+    the decoded count is not checked against the probe."""
     # Frames may not grow far past what was probed: a stream that switches to a huge size
     # mid-way fails instead of allocating it.
     max_pixels = _decoder_cap(info.coded_width * info.coded_height)
@@ -515,10 +592,17 @@ def iter_frames(path: str | os.PathLike[str], info: VideoInfo) -> Iterator[Frame
         step = max(1, round(1 / (info.rate * time_base))) if info.rate else 1
         last_pts: int | None = None
         try:
+            if seek_pts is not None:
+                container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
             for packet in container.demux(stream):
                 # The final empty packet flushes the decoder: it yields the delayed frames.
                 for frame in packet.decode():
                     pts = frame.pts
+                    if seek_pts is not None:
+                        if pts is None:
+                            return  # no timestamps to find our frame by: caller falls back
+                        if pts < seek_pts:
+                            continue  # between the keyframe and our first frame
                     if pts is None:
                         pts = (last_pts + step) if last_pts is not None else 0
                     duration = int(frame.duration) if frame.duration else None
@@ -544,7 +628,8 @@ def iter_frames(path: str | os.PathLike[str], info: VideoInfo) -> Iterator[Frame
                 f"{path} is truncated or corrupt: decoding failed after {index} of"
                 f" {info.frames} frames ({seconds:.2f} of {info.duration:.2f} s) ({_why(exc)})"
             ) from None
-    _check_decoded(path, info, index, _span(first_pts, last_end, time_base))
+    if seek_pts is None:
+        _check_decoded(path, info, index, _span(first_pts, last_end, time_base))
 
 
 def _span(first: int | None, end: int | None, time_base: Fraction) -> float:
@@ -553,7 +638,8 @@ def _span(first: int | None, end: int | None, time_base: Fraction) -> float:
     return float((end - first) * time_base)
 
 
-def _check_decoded(path: Path, info: VideoInfo, decoded: int, seconds: float) -> None:
+def _check_decoded(path: Path | InMemory, info: VideoInfo, decoded: int,
+                   seconds: float) -> None:
     if decoded == 0:
         raise InputError(f"{path} has no decodable video frames")
     shortfall = info.frames - decoded
@@ -616,7 +702,8 @@ def verify_video(path: str | os.PathLike[str], expected_frames: int,
             raise OutputError(f"output check failed: {path} is unreadable ({_why(exc)})") from None
     if scan.count != expected_frames:
         raise OutputError(
-            f"output check failed: {path} has {scan.count} frames, expected {expected_frames}"
+            f"output check failed: {path} has {plural(scan.count, 'frame')}, expected "
+            f"{expected_frames}"
         )
     return True
 
@@ -629,14 +716,15 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return max(2, width - width % 2), max(2, height - height % 2)
 
 
-def _audio_fits(fmt: str, source_path: Path, stream_index: int) -> bool:
+def _audio_fits(fmt: str, source_path: Path | InMemory, stream_index: int) -> bool:
     """Can this source audio stream be stream-copied into a `fmt` container?
 
     Tried for real in memory (header, a few packets, trailer): some codecs pass the header
     and only fail when the trailer is written (PCM from Matroska into MP4).
     """
     try:
-        with av.open(str(source_path), format=_sniff_container(source_path)) as source:
+        with av.open(source_path.reader() if isinstance(source_path, InMemory)
+                     else str(source_path), format=_sniff_container(source_path)) as source:
             template = source.streams[stream_index]
             with av.open(io.BytesIO(), mode="w", format=fmt) as probe:
                 stream = probe.add_stream_from_template(template)

@@ -38,6 +38,7 @@ import numpy as np
 
 from nstd.errors import InputError
 from nstd.temporal.flow import warp
+from nstd.text import plural
 
 __all__ = ["WarpingErrorMeter", "evaluate_videos", "farneback_flow", "lai_mask",
            "warping_error"]
@@ -111,6 +112,7 @@ class WarpingErrorMeter:
         self._prev_grey: np.ndarray | None = None
         self._prev_outputs: list[np.ndarray] = []
         self._sums: list[float] = []
+        self.last: list[float] = []  # E_t of the latest pair, per output (seam figures)
         self.frames = 0
         self.pairs = 0
 
@@ -129,10 +131,12 @@ class WarpingErrorMeter:
             flow_bw = farneback_flow(grey, self._prev_grey)
             mask = lai_mask(flow_fw, flow_bw)
             count = float(mask.sum())
+            self.last = [0.0] * len(outs)
             for i, (prev, cur) in enumerate(zip(self._prev_outputs, outs, strict=True)):
                 if count > 0:
                     diff = prev - warp(cur, flow_fw)
-                    self._sums[i] += float((mask * (diff**2).sum(axis=2)).sum()) / (3.0 * count)
+                    self.last[i] = float((mask * (diff**2).sum(axis=2)).sum()) / (3.0 * count)
+                    self._sums[i] += self.last[i]
             self.pairs += 1
         self._prev_grey = grey
         self._prev_outputs = outs
@@ -184,7 +188,7 @@ def _paired(
         if x is missing or y is missing:
             more, fewer = (name_a, name_b) if y is missing else (name_b, name_a)
             raise InputError(
-                f"{fewer} has {count} frames but {more} has more: "
+                f"{fewer} has {plural(count, 'frame')} but {more} has more: "
                 "E_warp compares the two frame by frame"
             )
         count += 1

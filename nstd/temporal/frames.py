@@ -26,17 +26,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import torch
 
-from nstd.config import Config, to_mapping
 from nstd.engine.stylizer import StyleTarget, Stylizer, TemporalTerm
 from nstd.errors import InputError, Interrupted, OutputError
 from nstd.job import (
@@ -51,18 +50,19 @@ from nstd.job import (
 from nstd.media import container as video
 from nstd.media import files as fsutil
 from nstd.progress import JobProgress
+from nstd.temporal import plan as planning
 from nstd.temporal.flow import (
     FlowEstimator,
     Motion,
     Prior,
     combine_long_term,
     estimate_motion,
-    is_scene_cut,
-    plan_segments,
-    thumbnail,
     warp_prior,
 )
+from nstd.temporal.plan import output_size, plan_video
+from nstd.temporal.seam import SeamFrame
 from nstd.temporal.store import FrameStore
+from nstd.text import plural
 from nstd.threads import Drain, Prefetch
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,51 @@ PRIOR_INTERPOLATION = cv2.INTER_CUBIC
 
 
 @dataclass(frozen=True)
-class _Finished:
-    """A frame on its way to the store and the encoder (record None: loaded, not new)."""
+class StylizedFrame:
+    """A frame on its way to the store and the encoder (or, on an actor, to the supervisor).
+
+    rgb: (H, W, 3) float32 in [0, 1]. record: its losses; None when it was a known (stored)
+    frame, loaded rather than made. overlap: a warm-up frame before the range's own frames.
+    """
 
     index: int
-    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    rgb: np.ndarray
     record: dict[str, Any] | None
     pts: int
+    overlap: bool = False
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Which frames of a video one run decodes, computes and owns.
+
+    Decoding starts at ``decode_from`` (seeking by its ``seek_pts``; None: from the file's
+    start). Frames ``decode_from`` .. ``first - 1`` must be known (stored) frames: the history
+    a resumed range continues from. ``first`` .. ``start - 1`` are overlap frames (computed to
+    warm the range up, handed on marked ``overlap``); ``start`` .. ``stop - 1`` are its own.
+    ``cold``: frames that start cold besides the plan's shot starts.
+    """
+
+    decode_from: int
+    seek_pts: int | None
+    first: int
+    start: int
+    stop: int
+    cold: frozenset[int] = frozenset()
+
+    @classmethod
+    def whole(cls, frames: int) -> FrameRange:
+        return cls(0, None, 0, 0, frames)
+
+
+class KnownFrames(Protocol):
+    """Frames already made (`FrameStore`; on an actor, the ones shipped with a unit)."""
+
+    def has(self, index: int) -> bool: ...
+
+    def load(self, index: int) -> np.ndarray: ...
+
+    def record(self, index: int) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -99,35 +137,15 @@ class FrameMotion:
     long: Motion | None
 
 
-def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(w, h) no larger than the input, longest side <= max_side, both even (H.264 yuv420p)."""
-    scale = min(1.0, max_side / max(width, height))
-    w = max(2, int(round(width * scale)) // 2 * 2)
-    h = max(2, int(round(height * scale)) // 2 * 2)
-    return w, h
-
-
 def default_work_dir(output: Path) -> Path:
     """Where the CLI keeps a video's stored frames: a hidden folder beside the output."""
     return output.with_name(f".{output.name}.nstd-work")
 
 
 def fingerprint(request: JobRequest, info: video.VideoInfo, size: tuple[int, int]) -> dict:
-    """Everything the stored frames depend on; any change forbids mixing old frames in."""
-    config = to_mapping(request.config)
-    stat = request.source.stat()
-    return {
-        "source": f"{request.source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
-        "styles": [fsutil.sha256_file(p) for p in request.styles],
-        "blend": list(request.blend),
-        "size": list(size),
-        "frames_from": {"style": config["style"],
-                        "video": {k: v for k, v in config["video"].items()
-                                  if k not in ("crf", "preset")},  # encoding only
-                        "model": {k: v for k, v in config["model"].items()
-                                  if k not in ("device", "channels_last", "compile")}},
-        "frames_in_source": info.frame_count,
-    }
+    """Everything the stored frames depend on (`nstd.temporal.plan.fingerprint`)."""
+    return planning.fingerprint(request.source, request.styles, request.blend, request.config,
+                                info, size)
 
 
 def stylize_video_file(
@@ -166,36 +184,13 @@ def stylize_video_file(
         loop.run(tmp, info)
         if not video.verify_video(tmp, frame_count):
             raise OutputError(f"{request.output.name}: the encoded video does not have the "
-                              f"expected {frame_count} frames")
+                              f"expected {plural(frame_count, 'frame')}")
         fsutil.publish(tmp, request.output, overwrite=request.overwrite)
     finally:
         fsutil.remove_quietly(tmp)
     summary = loop.summary()
     store.remove()
     return summary
-
-
-def plan_video(source: Path, info: video.VideoInfo, config: Config,
-               progress: video.PacketProgress | None = None) -> dict[str, Any]:
-    """One decode pass: the exact frame count (truncation is caught here, before any
-    stylization) and the scene cuts, hence the segments. ``progress`` gets the frames
-    decoded so far, per frame (an hour of video plans for minutes)."""
-    cuts: list[int] = []
-    previous = None
-    count = 0
-    for frame in video.iter_frames(source, info):
-        small = thumbnail(frame.rgb)  # scored at this size anyway: decode once, shrink once
-        if previous is not None and is_scene_cut(previous, small,
-                                                 config.video.scene_cut_threshold):
-            cuts.append(frame.index)
-        previous = small
-        count += 1
-        if progress is not None:
-            progress(count)
-    segments = plan_segments(cuts, count, config.video.max_segment_frames)
-    log.info("%s: %d frames, %d scene cuts, %d segments", source.name, count, len(cuts),
-             len(segments))
-    return {"frames": count, "cuts": cuts, "segments": [asdict(s) for s in segments]}
 
 
 def _plan_progress(progress: ProgressCallback | None, heartbeat: Heartbeat | None,
@@ -217,7 +212,7 @@ class FrameLoop:
     """The per-frame loop of one video job (state that lives exactly as long as one run)."""
 
     def __init__(self, request: JobRequest, stylizer: Stylizer, target: StyleTarget,
-                 store: FrameStore, size: tuple[int, int], cold_frames: set[int],
+                 store: KnownFrames, size: tuple[int, int], cold_frames: set[int],
                  frame_count: int, progress: ProgressCallback | None,
                  should_stop: StopCheck | None, heartbeat: Heartbeat | None = None) -> None:
         self.request = request
@@ -236,15 +231,22 @@ class FrameLoop:
         # (input uint8, stylized float32) of the last LONG_TERM_GAP frames, newest last.
         self.history: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=LONG_TERM_GAP)
         self.shot_start = 0
+        self.overlap_before = 0  # frames before this index are a range's overlap
+        # A seam pass (`nstd.temporal.seam`): frame -> its start image and the frames it
+        # is pulled towards.
+        self.anchors: dict[int, SeamFrame] = {}
         self.records: list[dict[str, Any]] = []
         self.computed = 0
         self.started = time.monotonic()
 
     # ----------------------------------------------------------------- frames in
 
-    def _frames(self, info: video.VideoInfo) -> Iterator[video.Frame]:
+    def _frames(self, info: video.VideoInfo, rng: FrameRange) -> Iterator[video.Frame]:
         w, h = self.size
-        for frame in video.iter_frames(self.request.source, info):
+        for frame in video.iter_frames(self.request.source, info, start_index=rng.decode_from,
+                                       start_pts=rng.seek_pts):
+            if frame.index >= rng.stop:
+                return
             if frame.rgb.shape[1] != w or frame.rgb.shape[0] != h:
                 rgb = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
                 frame = video.Frame(frame.index, rgb, frame.pts, frame.time_base)
@@ -270,7 +272,7 @@ class FrameLoop:
         writer = video.VideoWriter(tmp, info, self.size, crf=self.video_cfg.crf,
                                    preset=self.video_cfg.preset)
 
-        def store_and_encode(item: _Finished) -> None:
+        def store_and_encode(item: StylizedFrame) -> None:
             if item.record is not None:  # a new frame: its resume point first
                 self.store.save(item.index, item.rgb, item.record)
             writer.write(np.round(item.rgb * 255.0).astype(np.uint8), item.pts)
@@ -278,8 +280,24 @@ class FrameLoop:
         # Storing (16-bit PNG + fsync) and encoding run behind the engine in one thread, in
         # frame order: the engine never waits for the disk. A frame still queued when the
         # process dies is simply computed again by the next run.
-        encoder: Drain[_Finished] = Drain(store_and_encode, depth=4, name="store+encode")
-        decoder = Prefetch(self._frames(info), depth=4, name="decode")
+        encoder: Drain[StylizedFrame] = Drain(store_and_encode, depth=4, name="store+encode")
+        try:
+            self.run_range(info, FrameRange.whole(self.frame_count), encoder.put)
+            encoder.close()
+            writer.close()
+        except BaseException:
+            encoder.abort()
+            writer.abort()
+            raise
+
+    def run_range(self, info: video.VideoInfo, rng: FrameRange,
+                  sink: Callable[[StylizedFrame], None]) -> None:
+        """Stylize (or load, when known) frames ``rng.decode_from`` .. ``rng.stop - 1`` in
+        order, handing each to ``sink`` (called from this thread, in frame order)."""
+        self.cold_frames = self.cold_frames | set(rng.cold)
+        self.shot_start = rng.decode_from
+        self.overlap_before = rng.start
+        decoder = Prefetch(self._frames(info, rng), depth=4, name="decode")
         flows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow")
         try:
             inputs: deque[np.ndarray] = deque(maxlen=LONG_TERM_GAP)  # inputs before `pending`
@@ -292,36 +310,32 @@ class FrameLoop:
                                           recent[-LONG_TERM_GAP:])
                 if pending is not None:
                     inputs.append(pending[0].rgb)
-                    self._one(pending[0], pending[1], encoder)
+                    self._one(pending[0], pending[1], sink)
                 pending = (frame, motion)
             if pending is not None:
-                self._one(pending[0], pending[1], encoder)
-            encoder.close()
-            writer.close()
-        except BaseException:
-            encoder.abort()
-            writer.abort()
-            raise
+                self._one(pending[0], pending[1], sink)
         finally:
             decoder.close()
             flows.shutdown(wait=True, cancel_futures=True)
-        if len(self.records) != self.frame_count:
-            raise OutputError(f"{self.request.source.name}: decoded {len(self.records)} frames "
-                              f"but the plan counted {self.frame_count}; the file changed")
+        expected = rng.stop - rng.decode_from
+        if len(self.records) != expected:
+            raise OutputError(f"{self.request.source.name}: decoded "
+                              f"{plural(len(self.records), 'frame')} "
+                              f"but the plan counted {expected}; the file changed")
 
     def _one(self, frame: video.Frame, motion: Future[FrameMotion] | None,
-             encoder: Drain[_Finished]) -> None:
+             sink: Callable[[StylizedFrame], None]) -> None:
         index = frame.index
         if self.store.has(index):
             out = self.store.load(index)
             record = self.store.record(index)
-            encoder.put(_Finished(index, out, None, frame.pts))
+            sink(StylizedFrame(index, out, None, frame.pts))
         else:
             if self.should_stop():
                 raise Interrupted(f"stopped before frame {index + 1} of {self.frame_count}; "
                                   "stored frames are kept and the next run resumes from there")
             out, record = self._stylize(frame, motion.result() if motion else None)
-            encoder.put(_Finished(index, out, record, frame.pts))
+            sink(StylizedFrame(index, out, record, frame.pts, index < self.overlap_before))
             self.computed += 1
         if index in self.cold_frames:
             self.shot_start = index
@@ -359,6 +373,12 @@ class FrameLoop:
                                       mask=torch.from_numpy(p.mask)[None, None],
                                       weight=cfg.temporal_weight)
                          for p in priors]
+            seam = self.anchors.get(frame.index)
+            if seam is not None:  # a seam pass: start from the blend, pulled towards both
+                init = to_tensor(seam.start)
+                ones = torch.ones(1, 1, *seam.start.shape[:2])
+                terms += [TemporalTerm(target=to_tensor(a), mask=ones, weight=w)
+                          for a, w in seam.pulls]
         if cold:
             self.shot_start = frame.index
             result = self.stylizer.run(content, self.target, progress=self.tick)
@@ -423,3 +443,23 @@ class FrameLoop:
                 "stylize_seconds": float(sum(r["seconds"] for r in records)),
             },
         )
+
+
+def run_range(source: Path | video.InMemory, info: video.VideoInfo, size: tuple[int, int],
+              config: Any, stylizer: Stylizer, target: StyleTarget, rng: FrameRange,
+              known: KnownFrames,
+              sink: Callable[[StylizedFrame], None], *, progress: ProgressCallback | None = None,
+              should_stop: StopCheck | None = None, heartbeat: Heartbeat | None = None,
+              anchors: dict[int, SeamFrame] | None = None) -> None:
+    """One range of a video (a unit of work on an actor, `nstd.cluster.actor`): the frame
+    loop of the whole-video job over ``rng`` only, with ``known`` as its stored frames and
+    every frame handed to ``sink`` instead of a store and an encoder. ``anchors``: a seam
+    pass's extra temporal terms (`nstd.temporal.seam.anchor_weights`)."""
+    # The request only names things here: nothing is written to `output`. ``source`` may be
+    # the compressed file in memory (`nstd.media.container.InMemory`, it has a `.name`).
+    request = JobRequest(source=source, output=Path(f"{source.name}.range.mp4"),
+                         styles=(), blend=(1.0,), config=config)
+    loop = FrameLoop(request, stylizer, target, known, size, set(), rng.stop, progress,
+                     should_stop, heartbeat)
+    loop.anchors = dict(anchors or {})
+    loop.run_range(info, rng, sink)

@@ -120,18 +120,62 @@ class FrameStore:
 
     def load(self, index: int) -> np.ndarray:
         """Frame `index` as (H, W, 3) float32 RGB in [0, 1]."""
-        data = np.fromfile(self._frame_path(index), dtype=np.uint8)
-        pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if pixels is None or pixels.dtype != np.uint16:
-            raise OSError(f"stored frame {self._frame_path(index)} is damaged")
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0
+        return _decode16(self._frame_path(index))
 
     def record(self, index: int) -> dict[str, Any]:
         return json.loads(self._frame_path(index, ".json").read_text())
 
+    # ----------------------------------------------------------------- encoded frames
+    # For frames that arrive already encoded (from a Ray actor, `nstd.cluster`): stored as
+    # they came, nothing decoded or re-encoded on the supervisor.
+
+    def save_bytes(self, index: int, png: bytes, record: dict[str, Any]) -> None:
+        """Store frame `index` given as 16-bit RGB PNG bytes, and its losses `record`."""
+        _write_atomic(self._frame_path(index), png)
+        _write_atomic(self._frame_path(index, ".json"), json.dumps(record).encode())
+
+    # Beside the frames a unit owns, two kinds of frames for the same indices:
+    #   overlap/  a split unit's warm-up frames (what the next unit made of them)
+    #   seam/     the seam pass's frames, which replace both at encoding
+    SIDES = ("overlap", "seam")
+
+    def _side_path(self, index: int, side: str) -> Path:
+        if side not in self.SIDES:
+            raise ValueError(f"unknown kind of side frame {side!r}")
+        return self.root / side / f"{index:06d}.png"
+
+    def save_side_bytes(self, index: int, png: bytes, side: str) -> None:
+        """Store frame `index` of `side` ("overlap" or "seam") given as 16-bit RGB PNG bytes."""
+        path = self._side_path(index, side)
+        path.parent.mkdir(exist_ok=True)
+        _write_atomic(path, png)
+
+    def has_side(self, index: int, side: str) -> bool:
+        return self._side_path(index, side).is_file()
+
+    def load_side(self, index: int, side: str) -> np.ndarray:
+        """Side frame `index` as (H, W, 3) float32 RGB in [0, 1]."""
+        return _decode16(self._side_path(index, side))
+
+    def frame_bytes(self, index: int, side: str | None = None) -> bytes | None:
+        """The stored PNG of frame `index` (or of a side frame), None when missing."""
+        path = self._frame_path(index) if side is None else self._side_path(index, side)
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
     def remove(self) -> None:
         """Delete the whole work folder (the job's output is complete)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _decode16(path: Path) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8)
+    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype != np.uint16:
+        raise OSError(f"stored frame {path} is damaged")
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -1,0 +1,382 @@
+"""One job on the actor pool, run by the supervisor (in a thread of its process; no torch).
+
+    image:  one unit -> the encoded file comes back -> temp name in the outbox -> verify
+            -> rename
+    video:  probe -> plan (one decode pass here: frame count, cuts, every frame's pts; kept
+            in the frame store) -> units (`nstd.temporal.plan.plan_units`: shots, long shots
+            split at video.max_segment_frames with video.segment_overlap frames of warm-up),
+            longest first -> every frame that comes back is stored at once (the resume
+            points stay on this disk) -> the seam passes (each split unit's overlap remade
+            from the previous unit's frames towards its own, `nstd.temporal.seam`) -> encode
+            in order, verify, rename, delete the store.
+
+A unit whose actor died is asked again what is left (`_VideoUnits.build`): its own frames
+stored so far are a prefix (frames come back and are stored in order), so it resumes after the
+last one, with the stored frames before it as the flow history; a unit that had not stored
+its own first frame starts over, overlap included. Events go out through ``emit`` exactly as a
+worker process sends them (`nstd.daemon.jobspec`), so the supervisor cannot tell the two apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nstd.cluster.pool import ActorPool, UnitTask
+from nstd.cluster.wire import FrameOut, UnitSpec
+from nstd.config import Config, parse_config
+from nstd.daemon.jobspec import JobSpec
+from nstd.errors import Interrupted, OutputError
+
+log = logging.getLogger("nstd.cluster")
+
+Emit = Callable[[dict[str, Any]], None]
+EVENT_SECONDS = 1.0
+LONG_TERM_GAP = 5  # = nstd.temporal.frames.LONG_TERM_GAP: the history a resumed unit needs
+
+
+class JobShipment:
+    """A job's files in the object store: the compressed source once, the style files."""
+
+    def __init__(self, spec: JobSpec, key: str) -> None:
+        import ray
+
+        self.key = key
+        self.source = [ray.put(Path(spec.source).read_bytes())]
+        self.styles = {Path(s).name: [ray.put(Path(s).read_bytes())] for s in spec.styles}
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.source, self.styles)
+
+
+class _Tracker:
+    """Progress and heartbeat events for one job, at most about one per second."""
+
+    def __init__(self, job_id: int, emit: Emit, total: int, done: int) -> None:
+        self.job_id, self.emit = job_id, emit
+        self.total, self.done, self.done_at_start = total, done, done
+        self.started = time.monotonic()
+        self.last = float("-inf")
+        self.lock = threading.Lock()
+
+    def frame(self) -> None:
+        with self.lock:
+            self.done += 1
+            self.tick(final=self.done >= self.total)
+
+    def tick(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < EVENT_SECONDS:
+            return
+        self.last = now
+        made = self.done - self.done_at_start
+        rate = made / (now - self.started) if made and now > self.started else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        self.emit({"event": "progress", "job": self.job_id, "stage": "frame",
+                   "done": self.done, "total": self.total, "eta": eta})
+
+
+def run_job(spec: JobSpec, pool: ActorPool, emit: Emit, should_stop: Callable[[], bool],
+            *, order: int, key: str) -> None:
+    """Run one job on the pool and report ``published`` or ``failed``; never raises."""
+    from nstd.daemon.worker import classify
+
+    started = time.monotonic()
+    try:
+        config = parse_config(spec.config)
+        if spec.verify_existing:
+            _verify(spec, config, None)
+            summary = "already published"
+        elif spec.kind == "image":
+            summary = _image(spec, config, pool, emit, should_stop, order=order, key=key)
+        else:
+            summary = _video(spec, config, pool, emit, should_stop, order=order, key=key)
+    except Exception as exc:  # noqa: BLE001 - every failure is an event for the supervisor
+        kind, reason = classify(exc, should_stop())
+        log.debug("job %d failed", spec.job_id, exc_info=True)
+        emit({"event": "failed", "job": spec.job_id, "kind": kind, "reason": reason})
+        return
+    emit({"event": "published", "job": spec.job_id, "output": spec.output,
+          "summary": f"{time.monotonic() - started:.1f} s, {summary}"})
+
+
+def _verify(spec: JobSpec, config: Config, frames: int | None) -> None:
+    from nstd.daemon import outcome
+
+    outcome.verify_output(Path(spec.output), spec.kind, config.limits, expected_frames=frames,
+                          source=Path(spec.source))
+
+
+class _Waiter:
+    """Collects the end of every unit of a job; the first error wins."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        if count == 0:
+            self.done.set()
+
+    def end(self, error: BaseException | None) -> None:
+        with self.lock:
+            if error is not None and self.error is None:
+                self.error = error
+            self.left -= 1
+            if self.left <= 0:
+                self.done.set()
+
+    def wait(self, pool: ActorPool, job_id: int, should_stop: Callable[[], bool],
+             tracker: _Tracker | None, heartbeat: Callable[[], None]) -> None:
+        cancelled = False
+        while not self.done.wait(EVENT_SECONDS):
+            heartbeat()
+            if tracker is not None:
+                with tracker.lock:
+                    tracker.tick()
+            if not cancelled and (should_stop() or self.error is not None):
+                cancelled = True
+                pool.cancel(job_id)  # stop: between frames; error: the rest is moot
+        if self.error is not None:
+            raise self.error
+        if cancelled or should_stop():
+            raise Interrupted("stopped between frames; stored frames are kept and the next "
+                              "run resumes from there")
+
+
+def _base_unit(spec: JobSpec, key: str, **fields: Any) -> UnitSpec:
+    return UnitSpec(job_id=spec.job_id, job_key=key, name=Path(spec.source).name,
+                    kind=spec.kind, config=spec.config,
+                    styles=tuple(Path(s).name for s in spec.styles), **fields)
+
+
+def _image(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
+           should_stop: Callable[[], bool], *, order: int, key: str) -> str:
+    from nstd.media import files as fsutil
+
+    shipment = JobShipment(spec, key)
+    unit = _base_unit(spec, key, output_name=Path(spec.output).name)
+    result: list[FrameOut] = []
+    waiter = _Waiter(1)
+    pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=1, stall=False,
+                         label=f"{spec.name} (image)",
+                         build=lambda: (unit.to_dict(), {}, shipment.args()),
+                         on_frame=result.append, on_end=waiter.end))
+    waiter.wait(pool, spec.job_id, should_stop, None, _heartbeat(spec.job_id, emit))
+    if not result:
+        raise Interrupted("stopped before the image was done")
+    output = Path(spec.output)
+    tmp = fsutil.temp_path_for(output)
+    try:
+        tmp.write_bytes(result[0].png)
+        fsutil.publish(tmp, output)
+    finally:
+        fsutil.remove_quietly(tmp)
+    try:
+        _verify(spec, config, None)
+    except OutputError:
+        fsutil.remove_quietly(output)
+        raise
+    record = result[0].record
+    return f"{record.get('iterations', 0)} iterations, on the cluster"
+
+
+def _heartbeat(job_id: int, emit: Emit) -> Callable[[], None]:
+    return lambda: emit({"event": "heartbeat", "job": job_id})
+
+
+def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
+           should_stop: Callable[[], bool], *, order: int, key: str) -> str:
+    from nstd.media import container as video
+    from nstd.media import files as fsutil
+    from nstd.temporal.plan import fingerprint, output_size, plan_units, plan_video
+    from nstd.temporal.store import FrameStore
+
+    source = Path(spec.source)
+    info = video.probe_video(source, config.limits)
+    size = output_size(info.width, info.height, config.style.max_side)
+    work = Path(spec.work_dir)
+    mark = fingerprint(source, tuple(Path(s) for s in spec.styles), (1.0,), config, info, size)
+    stored = FrameStore.stored_fingerprint(work)
+    store = FrameStore.open(work, mark, restart=spec.restart or
+                            (stored is not None and stored != mark))
+    if store.plan is None or "pts" not in store.plan:  # (a local worker's plan has no pts)
+        beat = _heartbeat(spec.job_id, emit)
+        last = [float("-inf")]
+
+        def planned(count: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= EVENT_SECONDS:
+                last[0] = now
+                beat()
+                emit({"event": "progress", "job": spec.job_id, "stage": "plan",
+                      "done": count, "total": max(count, info.frame_count), "eta": None})
+
+        store.save_plan(plan_video(source, info, config, planned))
+    plan = store.plan
+    assert plan is not None
+    frames = int(plan["frames"])
+    units = plan_units(plan, config.video.max_segment_frames, config.video.segment_overlap)
+    tracker = _Tracker(spec.job_id, emit, frames, store.stored_count())
+    shipment = JobShipment(spec, key)
+    waiter = _Waiter(len(units))
+    for part in units:
+        job_unit = _VideoUnit(spec, key, part, plan, store, size, shipment)
+        pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=part.stop - part.first,
+                             label=f"{spec.name} frames {part.start + 1}-{part.stop}",
+                             build=job_unit.build, on_frame=job_unit.keep(tracker),
+                             on_end=waiter.end))
+    with tracker.lock:
+        tracker.tick(final=True)  # "frame 0/N": the units are queued
+    waiter.wait(pool, spec.job_id, should_stop, tracker, _heartbeat(spec.job_id, emit))
+    # The seam passes, once both sides of every seam are stored (`nstd.temporal.seam`).
+    splits = [part for part in units if part.first < part.start]
+    waiter = _Waiter(len(splits))
+    for part in splits:
+        seam = _SeamUnit(spec, key, part, plan, store, size, shipment)
+        pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=part.start - part.first,
+                             label=f"{spec.name} seam before frame {part.start + 1}",
+                             build=seam.build, on_frame=seam.keep, on_end=waiter.end))
+    waiter.wait(pool, spec.job_id, should_stop, None, _heartbeat(spec.job_id, emit))
+    emit({"event": "progress", "job": spec.job_id, "stage": "encode", "done": 0,
+          "total": frames, "eta": None})
+    tmp = fsutil.temp_path_for(Path(spec.output))
+    try:
+        encode_store(store, plan, units, info, size, config, tmp,
+                     heartbeat=_heartbeat(spec.job_id, emit))
+        if not video.verify_video(tmp, frames):
+            raise OutputError(f"{Path(spec.output).name}: the encoded video does not have the "
+                              f"expected {frames} frames")
+        fsutil.publish(tmp, Path(spec.output))
+    finally:
+        fsutil.remove_quietly(tmp)
+    try:
+        _verify(spec, config, frames)
+    except OutputError:
+        fsutil.remove_quietly(Path(spec.output))
+        raise
+    store.remove()
+    made = tracker.done - tracker.done_at_start
+    return f"{frames} frames ({made} made on the cluster, {len(units)} units), " \
+           f"{size[0]}x{size[1]}"
+
+
+class _VideoUnit:
+    """One unit of a video job: what is left of it, and where its frames go."""
+
+    def __init__(self, spec: JobSpec, key: str, part: Any, plan: dict[str, Any], store: Any,
+                 size: tuple[int, int], shipment: JobShipment) -> None:
+        self.spec, self.key, self.part, self.plan = spec, key, part, plan
+        self.store, self.size, self.shipment = store, size, shipment
+
+    def build(self) -> tuple[dict[str, Any], dict[int, Any], tuple[Any, ...]] | None:
+        part, store = self.part, self.store
+        resume = part.start
+        while resume < part.stop and store.has(resume):
+            resume += 1
+        if resume >= part.stop:
+            return None
+        pts = self.plan["pts"]
+        if resume == part.start:  # nothing of its own stored: from the top, overlap included
+            decode_from, first, cold, known = part.decode_from, part.first, part.cold, {}
+        else:
+            decode_from = max(part.first, resume - LONG_TERM_GAP)
+            known = {}
+            for index in range(decode_from, resume):
+                png = store.frame_bytes(index, "overlap" if index < part.start else None)
+                if png is None:  # an overlap frame is gone: the history starts later
+                    known.clear()
+                    continue
+                known[index] = (png, store.record(index) if index >= part.start else {})
+            decode_from = min(known) if known else resume
+            first, cold = resume, ()
+        unit = _base_unit(self.spec, self.key, decode_from=decode_from,
+                          seek_pts=int(pts[decode_from]), first=first, start=part.start,
+                          stop=part.stop, cold=tuple(cold), size=self.size,
+                          known=tuple(sorted(known)))
+        return unit.to_dict(), known, self.shipment.args()
+
+    def keep(self, tracker: _Tracker) -> Callable[[FrameOut], None]:
+        def store_frame(item: FrameOut) -> None:
+            if item.overlap:
+                self.store.save_side_bytes(item.index, item.png, "overlap")
+            else:
+                self.store.save_bytes(item.index, item.png, item.record)
+                tracker.frame()
+        return store_frame
+
+
+class _SeamUnit:
+    """The seam pass of one split unit: its overlap frames remade, chained from the previous
+    unit's frames towards its own (`nstd.temporal.seam`)."""
+
+    def __init__(self, spec: JobSpec, key: str, part: Any, plan: dict[str, Any], store: Any,
+                 size: tuple[int, int], shipment: JobShipment) -> None:
+        self.spec, self.key, self.part, self.plan = spec, key, part, plan
+        self.store, self.size, self.shipment = store, size, shipment
+
+    def build(self) -> tuple[dict[str, Any], dict[int, Any], tuple[Any, ...]] | None:
+        from nstd.temporal.seam import seam_frames
+
+        part, store = self.part, self.store
+        chain_from, begin = seam_frames(part.first, part.start, set(self.plan["cuts"]))
+        if all(store.has_side(t, "seam") for t in range(begin, part.start)):
+            return None  # done before a restart
+        pngs = {}
+        for t in range(begin, part.start):
+            own, overlap = store.frame_bytes(t), store.frame_bytes(t, "overlap")
+            if own is None or overlap is None:
+                return None  # nothing to join: the frames stay as they are (cross-fade)
+            pngs[t] = (own, overlap)
+        start_png = store.frame_bytes(chain_from)
+        if start_png is None:
+            return None
+        unit = _base_unit(self.spec, self.key, decode_from=chain_from,
+                          seek_pts=int(self.plan["pts"][chain_from]), first=begin,
+                          start=begin, stop=part.start, size=self.size, known=(chain_from,),
+                          seam_png=pngs, seam_first=part.first)
+        known = {chain_from: (start_png, store.record(chain_from))}
+        return unit.to_dict(), known, self.shipment.args()
+
+    def keep(self, item: FrameOut) -> None:
+        self.store.save_side_bytes(item.index, item.png, "seam")
+
+
+def encode_store(store: Any, plan: dict[str, Any], units: list[Any], info: Any,
+                 size: tuple[int, int], config: Config, tmp: Path, *,
+                 heartbeat: Callable[[], None] | None = None) -> None:
+    """Encode every stored frame in order into ``tmp``, cross-fading each overlap."""
+    from nstd.media.container import VideoWriter
+    from nstd.temporal.seam import crossfade
+
+    fades: dict[int, tuple[int, int]] = {}  # frame -> (position in its overlap, overlap length)
+    for part in units:
+        length = part.start - part.first
+        for position, index in enumerate(range(part.first, part.start)):
+            fades[index] = (position, length)
+    writer = VideoWriter(tmp, info, size, crf=config.video.crf, preset=config.video.preset)
+    last = time.monotonic()
+    try:
+        for index in range(int(plan["frames"])):
+            if index in fades and store.has_side(index, "seam"):
+                rgb = store.load_side(index, "seam")  # remade by the seam pass
+            elif index in fades and store.has_side(index, "overlap"):
+                position, length = fades[index]
+                rgb = crossfade(store.load(index), store.load_side(index, "overlap"),
+                                position, length)
+            else:
+                rgb = store.load(index)
+            writer.write(np.round(rgb * 255.0).astype(np.uint8), int(plan["pts"][index]))
+            if heartbeat is not None and time.monotonic() - last >= EVENT_SECONDS:
+                last = time.monotonic()
+                heartbeat()
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

@@ -1,0 +1,173 @@
+"""daemon.cluster: ray — a video's units on several actors, actor deaths, the daemon end to end.
+
+A local Ray (``ray.init(num_cpus=2, include_dashboard=False)``) on loopback, started once for
+the module. Actors run the real engine with the slim random-weights network on tiny frames,
+or (scheduling only) a simulated GPU that sleeps per frame.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+
+from nstd.cluster.backend import SIMULATE_ENV, RayBackend
+from nstd.cluster.driver import run_job
+from nstd.config import LimitsConfig, parse_config, to_mapping
+from nstd.daemon.jobspec import JobSpec
+from nstd.media.container import iter_frames, probe_video
+from nstd.testing.media import write_test_image
+from nstd.testing.shots import write_shots_clip
+
+SIZE = (48, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def settings(weights: Path, **video: Any) -> dict[str, Any]:
+    return {"model": {"weights": str(weights), "device": "cpu"},
+            "style": {"max_side": max(SIZE), "iterations": 6, "coarse_iterations": 2},
+            "video": {"frame_iterations": 3, **video},
+            "daemon": {"cluster": "ray", "workers": 2, "max_attempts": 3}}
+
+
+def job(tmp_path: Path, clip: Path, config: Any, job_id: int = 1) -> JobSpec:
+    style = tmp_path / "style.png"
+    if not style.exists():
+        write_test_image(style, size=(32, 32), seed=5)
+    return JobSpec(job_id=job_id, name=clip.name, source=str(clip), kind="video",
+                   styles=(str(style),), config=to_mapping(config),
+                   work_dir=str(tmp_path / f"work{job_id}"),
+                   output=str(tmp_path / f"out{job_id}.mp4"))
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    info = probe_video(path, LimitsConfig())
+    return [f.rgb for f in iter_frames(path, info)]
+
+
+def run_on_cluster(spec: JobSpec, config: Any, *, during: Any = None) -> tuple[dict, Any]:
+    backend = RayBackend(config)
+    pool = backend._pool()
+    events: list[dict[str, Any]] = []
+    watcher = None
+    if during is not None:
+        watcher = threading.Thread(target=during, args=(pool, spec), daemon=True)
+        watcher.start()
+    try:
+        run_job(spec, pool, events.append, lambda: False, order=1, key=f"t{spec.job_id}")
+    finally:
+        if watcher is not None:
+            watcher.join(30)
+        backend.close()
+    return events[-1], pool
+
+
+def test_shots_on_two_actors_equal_one_workers_output(tmp_path, vgg_weights_path):
+    from nstd.job import JobRequest
+    from nstd.pipeline import run_job as run_locally
+
+    clip = write_shots_clip(tmp_path / "shots.mp4", shots=3, frames_per_shot=6, size=SIZE)
+    config = parse_config(settings(vgg_weights_path))
+    spec = job(tmp_path, clip, config)
+    end, pool = run_on_cluster(spec, config)
+    assert end["event"] == "published", end
+    assert "3 units" in end["summary"]
+
+    # One worker: the local path in this process (1 thread, as each actor here).
+    from nstd.daemon.engines import EngineCache
+
+    engines = EngineCache.load(config.model)
+    local = tmp_path / "local.mp4"
+    run_locally(JobRequest(source=clip, output=local, styles=spec.styles and
+                           tuple(Path(s) for s in spec.styles), blend=(1.0,), config=config,
+                           work_dir=tmp_path / "local-work"), engines.stylizer(config))
+    ours, theirs = decoded(Path(spec.output)), decoded(local)
+    assert len(ours) == len(theirs) == 18
+    different = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+                 if not np.array_equal(a, b)]
+    assert different == []
+
+
+def test_an_actor_killed_mid_segment_the_unit_resumes_elsewhere_exactly_once(
+        tmp_path, vgg_weights_path, monkeypatch):
+    from nstd.temporal.store import FrameStore
+
+    clip = write_shots_clip(tmp_path / "long.mp4", shots=1, frames_per_shot=24, size=SIZE)
+    config = parse_config(settings(vgg_weights_path, max_segment_frames=12, segment_overlap=3))
+    spec = job(tmp_path, clip, config, job_id=2)
+    saved: list[int] = []
+    real_save = FrameStore.save_bytes
+
+    def counting(self, index, png, record):
+        saved.append(index)
+        real_save(self, index, png, record)
+
+    monkeypatch.setattr(FrameStore, "save_bytes", counting)
+    killed: list[int] = []
+
+    def kill_one_busy_actor(pool, spec):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            busy = [p for p in pool.places if p.task is not None and p.frames >= 3]
+            if busy:
+                killed.append(busy[0].index)
+                pool.kill_actor(busy[0].index)
+                return
+            time.sleep(0.01)
+
+    end, pool = run_on_cluster(spec, config, during=kill_one_busy_actor)
+    assert killed, "no actor was busy long enough to be killed"
+    assert end["event"] == "published", end
+    assert len(decoded(Path(spec.output))) == 24
+    assert sorted(saved) == list(range(24))  # every frame stored once: none lost, none redone
+    assert not Path(spec.work_dir).exists()
+
+
+def test_simulated_units_spread_over_actors_longest_first(tmp_path, vgg_weights_path,
+                                                          monkeypatch):
+    monkeypatch.setenv(SIMULATE_ENV, "0.02")
+    clip = write_shots_clip(tmp_path / "many.mp4", shots=4, frames_per_shot=6, size=SIZE)
+    config = parse_config(settings(vgg_weights_path) | {"daemon": {
+        "cluster": "ray", "workers": 3}})
+    spec = job(tmp_path, clip, config, job_id=3)
+    end, pool = run_on_cluster(spec, config)
+    assert end["event"] == "published", end
+    assert len(decoded(Path(spec.output))) == 24
+
+
+def test_the_daemon_with_cluster_ray_processes_a_dropped_video(tmp_path, vgg_weights_path):
+    from nstd.testing.site import Site, kill_all
+
+    site = Site.create(tmp_path / "site", vgg_weights_path,
+                       daemon={"cluster": "ray", "workers": 2},
+                       video={"max_segment_frames": 6, "segment_overlap": 2})
+    try:
+        daemon = site.start("ray", RAY_ADDRESS="")
+        clip = write_shots_clip(tmp_path / "drop.mp4", shots=2, frames_per_shot=8, size=SIZE)
+        site.inbox.mkdir(parents=True, exist_ok=True)
+        (site.inbox / "drop.mp4").write_bytes(clip.read_bytes())
+        outputs = daemon.wait_for(lambda: [p for p in site.outbox.rglob("*.mp4")
+                                           if not p.name.startswith(".")], timeout=120,
+                                  what="the stylized video")
+        assert len(decoded(outputs[0])) == 16
+        daemon.wait_for(lambda: (site.done / "drop.mp4").exists(), timeout=30,
+                        what="the source moved to done/")
+        assert "actor 1 ready" in daemon.log() and "actor 2 ready" in daemon.log()
+        status = daemon.wait_for(lambda: (out := site.nstd("status").stdout) and
+                                 "actor 2: idle on" in out and out, timeout=20,
+                                 what="nstd status listing the actors")
+        assert "actors:" in status and "(cpu)" in status
+        assert daemon.stop() == 0
+    finally:
+        kill_all()
