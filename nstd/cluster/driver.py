@@ -242,7 +242,7 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
         seam = _SeamUnit(spec, key, part, plan, store, size, shipment)
         pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=part.start - part.first,
                              label=f"{spec.name} seam before frame {part.start + 1}",
-                             build=seam.build, on_frame=seam.keep, on_end=waiter.end))
+                             build=seam.build, on_frame=seam.keep_seam, on_end=waiter.end))
     waiter.wait(pool, spec.job_id, should_stop, None, _heartbeat(spec.job_id, emit))
     emit({"event": "progress", "job": spec.job_id, "stage": "encode", "done": 0,
           "total": frames, "eta": None})
@@ -312,14 +312,9 @@ class _VideoUnit:
         return store_frame
 
 
-class _SeamUnit:
+class _SeamUnit(_VideoUnit):
     """The seam pass of one split unit: its overlap frames remade, chained from the previous
     unit's frames towards its own (`nstd.temporal.seam`)."""
-
-    def __init__(self, spec: JobSpec, key: str, part: Any, plan: dict[str, Any], store: Any,
-                 size: tuple[int, int], shipment: JobShipment) -> None:
-        self.spec, self.key, self.part, self.plan = spec, key, part, plan
-        self.store, self.size, self.shipment = store, size, shipment
 
     def build(self) -> tuple[dict[str, Any], dict[int, Any], tuple[Any, ...]] | None:
         from nstd.temporal.seam import seam_frames
@@ -344,7 +339,7 @@ class _SeamUnit:
         known = {chain_from: (start_png, store.record(chain_from))}
         return unit.to_dict(), known, self.shipment.args()
 
-    def keep(self, item: FrameOut) -> None:
+    def keep_seam(self, item: FrameOut) -> None:
         self.store.save_side_bytes(item.index, item.png, "seam")
 
 

@@ -454,7 +454,7 @@ def run_range(source: Path | video.InMemory, info: video.VideoInfo, size: tuple[
     """One range of a video (a unit of work on an actor, `nstd.cluster.actor`): the frame
     loop of the whole-video job over ``rng`` only, with ``known`` as its stored frames and
     every frame handed to ``sink`` instead of a store and an encoder. ``anchors``: a seam
-    pass's extra temporal terms (`nstd.temporal.seam.anchor_weights`)."""
+    pass's frames: start image and pulls (`nstd.temporal.seam.seam_frame`)."""
     # The request only names things here: nothing is written to `output`. ``source`` may be
     # the compressed file in memory (`nstd.media.container.InMemory`, it has a `.name`).
     request = JobRequest(source=source, output=Path(f"{source.name}.range.mp4"),
