@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +123,21 @@ class StyleActor:
         self._lock = threading.Lock()
         self.engines: Any = None
         self.device = "simulated"
+        # Every unit's work runs on this one thread, which also loaded the network: torch's
+        # OpenMP team then belongs to one long-lived thread, as in a worker process.
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         if self.simulate <= 0:
-            import torch
+            self._engine_thread.submit(self._load, threads).result()
 
-            from nstd.daemon.engines import EngineCache
+    def _load(self, threads: int) -> None:
+        import torch
 
-            torch.set_num_threads(max(1, threads))
-            self.engines = EngineCache.load(self.config.model)
-            self.engines.stylizer(self.config)  # the default extractor before "ready"
-            self.device = str(self.engines.device)
+        from nstd.daemon.engines import EngineCache
+
+        torch.set_num_threads(max(1, threads))
+        self.engines = EngineCache.load(self.config.model)
+        self.engines.stylizer(self.config)  # the default extractor before "ready"
+        self.device = str(self.engines.device)
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: device, pid and node."""
@@ -182,8 +189,7 @@ class StyleActor:
                 out.put(exc)
             out.put(done)
 
-        thread = threading.Thread(target=work, name=f"unit-{spec.job_id}", daemon=True)
-        thread.start()
+        running = self._engine_thread.submit(work)
         while True:
             item = out.get()
             if item is done:
@@ -195,7 +201,7 @@ class StyleActor:
                 # thread (at 1080p the encode takes ~0.5 s on one core: bench/wire_bytes.py)
                 item = FrameOut(item.index, encode_png16(item.rgb), item.record, item.overlap)
             yield item
-        thread.join()
+        running.result()
 
     # ----------------------------------------------------------------- the work
 
