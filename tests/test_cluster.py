@@ -171,3 +171,29 @@ def test_the_daemon_with_cluster_ray_processes_a_dropped_video(tmp_path, vgg_wei
         assert daemon.stop() == 0
     finally:
         kill_all()
+
+
+def test_a_unit_whose_actor_dies_max_attempts_times_fails_its_job(tmp_path, vgg_weights_path,
+                                                                  monkeypatch):
+    """The same fault three times: a unit that kills its actor every time must not loop."""
+    monkeypatch.setenv(SIMULATE_ENV, "0.05")
+    clip = write_shots_clip(tmp_path / "poison.mp4", shots=1, frames_per_shot=40, size=SIZE)
+    config = parse_config(settings(vgg_weights_path) | {"daemon": {
+        "cluster": "ray", "workers": 1, "max_attempts": 3}})
+    spec = job(tmp_path, clip, config, job_id=4)
+    kills: list[int] = []
+
+    def kill_it_every_time(pool, spec):
+        deadline = time.monotonic() + 60
+        while len(kills) < 3 and time.monotonic() < deadline:
+            place = pool.places[0]
+            if place.task is not None and place.frames >= 2 and not place.killed:
+                kills.append(place.frames)
+                pool.kill_actor(0)
+            time.sleep(0.01)
+
+    end, pool = run_on_cluster(spec, config, during=kill_it_every_time)
+    assert len(kills) == 3
+    assert end["event"] == "failed", end
+    assert "died 3 times" in end["reason"]
+    assert not Path(spec.output).exists()

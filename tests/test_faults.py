@@ -43,6 +43,7 @@ from nstd.job import JobReport, JobRequest
 from nstd.media.images import read_image, write_image
 from nstd.testing.media import write_test_clip, write_test_image
 from nstd.testing.site import Site, checksums, kill_all, listing, temp_files
+from nstd.testing.stepped import Clock, FakeEngines
 
 SETTLE = 2.0
 REPO = Path(__file__).resolve().parent.parent
@@ -89,17 +90,6 @@ def test_a_kill_failpoint_is_a_real_sigkill() -> None:
 # --------------------------------------------------------------------------- in-process rig
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class FakeEngines:
-    def stylizer(self, config: Any) -> object:
-        return object()
 
 
 class Runner:

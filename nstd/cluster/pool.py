@@ -196,6 +196,14 @@ class ActorPool:
         return False
 
     def _serve(self, place: Place) -> None:
+        try:
+            self._serve_units(place)
+        except BaseException:
+            if not self._closed.is_set():
+                raise
+            # Ray shut down under a call of this thread (it raises SystemExit): we are done.
+
+    def _serve_units(self, place: Place) -> None:
         while not self._closed.is_set():
             if place.actor is None and not self._bring_up(place):
                 return

@@ -34,6 +34,8 @@ def local_time(*parts: int) -> float:
 
 
 class Clock:
+    """A settable clock for the supervisor's ``clock``/``monotonic``."""
+
     def __init__(self, t: float) -> None:
         self.t = t
 
@@ -41,7 +43,9 @@ class Clock:
         return self.t
 
 
-class _Engines:
+class FakeEngines:
+    """An `EngineCache` stand-in for runners that never touch the stylizer."""
+
     def stylizer(self, config: Config) -> object:
         return object()
 
@@ -85,7 +89,7 @@ class SteppedSite:
         self.daemon = self.new_daemon()
 
     def new_daemon(self) -> Supervisor:
-        backend = InlineBackend(_Engines(), self.runner, lambda: self.daemon.stop_requested)
+        backend = InlineBackend(FakeEngines(), self.runner, lambda: self.daemon.stop_requested)
         return Supervisor(self.config, self.ledger, backend=backend,
                           plans=[WorkerPlan(None, 1)], clock=self.clock,
                           monotonic=self.clock, watch=False)
