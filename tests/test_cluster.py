@@ -23,6 +23,7 @@ from nstd.daemon.jobspec import JobSpec
 from nstd.media.container import iter_frames, probe_video
 from nstd.testing.media import write_test_image
 from nstd.testing.shots import write_shots_clip
+from nstd.testing.stored import count_stored_frames
 
 SIZE = (48, 32)
 
@@ -73,14 +74,25 @@ def run_on_cluster(spec: JobSpec, config: Any, *, during: Any = None) -> tuple[d
     return events[-1], pool
 
 
-def test_shots_on_two_actors_equal_one_workers_output(tmp_path, vgg_weights_path):
+@pytest.mark.parametrize("wire_format", ["png16", "png8"])
+def test_shots_on_two_actors_equal_one_workers_output(tmp_path, vgg_weights_path, wire_format,
+                                                      monkeypatch):
+    """png8 frames on the wire lose nothing the output keeps: the encoder rounds to 8 bits."""
     from nstd.job import JobRequest
     from nstd.pipeline import run_job as run_locally
 
     clip = write_shots_clip(tmp_path / "shots.mp4", shots=3, frames_per_shot=6, size=SIZE)
-    config = parse_config(settings(vgg_weights_path))
+    base = settings(vgg_weights_path)
+    config = parse_config(base | {"daemon": base["daemon"] | {"wire_format": wire_format}})
     spec = job(tmp_path, clip, config)
+    from nstd.temporal.store import FrameStore
+
+    depths: set[int] = set()  # a PNG's bit depth is byte 24 (IHDR)
+    real_save = FrameStore.save_bytes
+    monkeypatch.setattr(FrameStore, "save_bytes", lambda self, index, png, record: (
+        depths.add(png[24]), real_save(self, index, png, record)))
     end, pool = run_on_cluster(spec, config)
+    assert depths == {16 if wire_format == "png16" else 8}
     assert end["event"] == "published", end
     assert "3 units" in end["summary"]
 
@@ -101,19 +113,10 @@ def test_shots_on_two_actors_equal_one_workers_output(tmp_path, vgg_weights_path
 
 def test_an_actor_killed_mid_segment_the_unit_resumes_elsewhere_exactly_once(
         tmp_path, vgg_weights_path, monkeypatch):
-    from nstd.temporal.store import FrameStore
-
     clip = write_shots_clip(tmp_path / "long.mp4", shots=1, frames_per_shot=24, size=SIZE)
     config = parse_config(settings(vgg_weights_path, max_segment_frames=12, segment_overlap=3))
     spec = job(tmp_path, clip, config, job_id=2)
-    saved: list[int] = []
-    real_save = FrameStore.save_bytes
-
-    def counting(self, index, png, record):
-        saved.append(index)
-        real_save(self, index, png, record)
-
-    monkeypatch.setattr(FrameStore, "save_bytes", counting)
+    saved = count_stored_frames(monkeypatch)
     killed: list[int] = []
 
     def kill_one_busy_actor(pool, spec):
@@ -134,8 +137,8 @@ def test_an_actor_killed_mid_segment_the_unit_resumes_elsewhere_exactly_once(
     assert not Path(spec.work_dir).exists()
 
 
-def test_simulated_units_spread_over_actors_longest_first(tmp_path, vgg_weights_path,
-                                                          monkeypatch):
+def test_simulated_units_spread_over_three_actors(tmp_path, vgg_weights_path,
+                                                  monkeypatch):
     monkeypatch.setenv(SIMULATE_ENV, "0.02")
     clip = write_shots_clip(tmp_path / "many.mp4", shots=4, frames_per_shot=6, size=SIZE)
     config = parse_config(settings(vgg_weights_path) | {"daemon": {
@@ -197,3 +200,45 @@ def test_a_unit_whose_actor_dies_max_attempts_times_fails_its_job(tmp_path, vgg_
     assert end["event"] == "failed", end
     assert "died 3 times" in end["reason"]
     assert not Path(spec.output).exists()
+
+
+def test_seams_and_encoding_start_while_other_units_still_run(tmp_path, vgg_weights_path,
+                                                              monkeypatch):
+    """One actor, three shots each split in two: a seam pass runs as soon as both of its
+    units are done, and frames are encoded as soon as they are final, not after the last."""
+    from nstd.media.container import VideoWriter
+    from nstd.temporal.store import FrameStore
+
+    monkeypatch.setenv(SIMULATE_ENV, "0.02")
+    clip = write_shots_clip(tmp_path / "three.mp4", shots=3, frames_per_shot=16, size=SIZE)
+    config = parse_config(settings(vgg_weights_path, max_segment_frames=8, segment_overlap=2)
+                          | {"daemon": {"cluster": "ray", "workers": 1}})
+    spec = job(tmp_path, clip, config, job_id=5)
+    timeline: list[tuple[str, int]] = []
+    real_save, real_side = FrameStore.save_bytes, FrameStore.save_side_bytes
+    real_write = VideoWriter.write
+
+    def save(self, index, png, record):
+        real_save(self, index, png, record)
+        timeline.append(("frame", index))
+
+    def save_side(self, index, png, side):
+        real_side(self, index, png, side)
+        timeline.append((side, index))
+
+    def write(self, rgb, pts):
+        timeline.append(("encoded", 0))
+        return real_write(self, rgb, pts)
+
+    monkeypatch.setattr(FrameStore, "save_bytes", save)
+    monkeypatch.setattr(FrameStore, "save_side_bytes", save_side)
+    monkeypatch.setattr(VideoWriter, "write", write)
+    end, _ = run_on_cluster(spec, config)
+    assert end["event"] == "published", end
+    assert len(decoded(Path(spec.output))) == 48
+    kinds = [kind for kind, _ in timeline]
+    last_frame = len(kinds) - 1 - kinds[::-1].index("frame")
+    assert kinds.index("seam") < last_frame, "the first seam pass waited for every unit"
+    assert kinds.index("encoded") < last_frame, "encoding waited for every unit"
+    assert sorted(i for kind, i in timeline if kind == "frame") == list(range(48))
+    assert kinds.count("seam") == 3 * 2 and kinds.count("encoded") == 48

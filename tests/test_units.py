@@ -82,25 +82,31 @@ def test_the_crossfade_steps_evenly_from_one_unit_to_the_next():
 
 def test_plan_and_seam_need_no_torch():
     code = ("import sys, nstd.temporal.plan, nstd.temporal.seam, nstd.cluster.driver, "
-            "nstd.cluster.pool; print('torch' in sys.modules)")
+            "nstd.cluster.pool, nstd.cluster.schedule; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
 
 
 def test_the_seam_pass_hides_a_split_and_keeps_the_frame_loss(tmp_path, vgg_weights_path):
-    """A shot split in 3 units: with the seam pass, the frame pairs across each seam are far
-    smoother than a hard cut and within 2.5x the median pair (issue 11's bar is 1.5x: not met
-    on this tiny clip, see bench/seam.py), and the mean frame loss is within 5 % of the
-    unsplit run's (a cross-fade alone costs ~+20 % here)."""
+    """A slowly panning shot split in 3 units: with the seam pass, the worst frame pair across
+    a seam is within 1.5x the median of the other pairs (issue 11's bar; a hard cut is > 5x)
+    and the mean frame loss is no more than 5 % above the unsplit run's.
+
+    The loss comes out *lower* than unsplit here (about 0.8x): each unit starts cold, and a
+    cold frame has a lower loss than a long warm chain's, which trades loss for stability
+    (this run's median pair is ~1.3x the unsplit run's). The clip pans uniformly; a clip
+    whose motion alternates between 0 and 1 px per frame (`write_shots_clip`) makes even
+    the unsplit run's pairs swing 0.6-1.7x their median, and the bar meaningless there."""
     from nstd.config import parse_config
     from nstd.daemon.engines import EngineCache
     from nstd.job import JobRequest
     from nstd.pipeline import load_style_target, run_job
     from nstd.testing.media import write_test_image
+    from nstd.testing.pan import write_pan_clip
     from nstd.testing.split import measure, run_split, seam_pairs
 
-    clip = write_shots_clip(tmp_path / "pan.mp4", shots=1, frames_per_shot=48, size=(48, 32))
+    clip = write_pan_clip(tmp_path / "pan.mp4", 48, (48, 32))
     style = write_test_image(tmp_path / "style.png", size=(32, 32), seed=5)
     config = parse_config({"model": {"weights": str(vgg_weights_path), "device": "cpu"},
                            "style": {"max_side": 48, "iterations": 20},
@@ -114,12 +120,15 @@ def test_the_seam_pass_hides_a_split_and_keeps_the_frame_loss(tmp_path, vgg_weig
     seamed = run_split(clip, tmp_path / "seam.mp4", tmp_path / "w1", config, stylizer, target)
     run_split(clip, tmp_path / "cut.mp4", tmp_path / "w2", config, stylizer, target, fade=False)
     assert len(seamed["units"]) == 3
-    whole = measure(clip, tmp_path / "unsplit.mp4", stylizer, target, config, set())
+    whole = measure(clip, tmp_path / "unsplit.mp4", stylizer, target, config,
+                    seam_pairs(seamed["units"], True))
     seam = measure(clip, tmp_path / "seam.mp4", stylizer, target, config,
                    seam_pairs(seamed["units"], True))
     cut = measure(clip, tmp_path / "cut.mp4", stylizer, target, config,
                   seam_pairs(seamed["units"], False))
+    print(f"seam max {seam['seam_max_ratio']:.2f} (unsplit, same pairs "
+          f"{whole['seam_max_ratio']:.2f}), hard cut {cut['seam_max_ratio']:.2f}, loss "
+          f"{seam['mean_frame_loss'] / whole['mean_frame_loss']:.3f}x unsplit")
     assert cut["seam_max_ratio"] > 5  # the jump the seam pass hides
-    assert seam["seam_max_ratio"] <= 2.5
-    assert seam["seam_max_ratio"] <= cut["seam_max_ratio"] / 3
-    assert abs(seam["mean_frame_loss"] / whole["mean_frame_loss"] - 1) <= 0.05
+    assert seam["seam_max_ratio"] <= 1.5
+    assert seam["mean_frame_loss"] <= 1.05 * whole["mean_frame_loss"]

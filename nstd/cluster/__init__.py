@@ -1,10 +1,11 @@
 """Scale-out on Ray (``daemon.cluster: ray``): one actor per GPU, a video cut into units.
 
-    units.py    a job as units of work (an image; a video's shots and segments), longest first
+    schedule.py the order a job's units are queued in (packed onto the actors)
     wire.py     what crosses the network, as plain data: units, frames, encoded images
     actor.py    the Ray actor (network loaded once; runs units; the only torch here)
     pool.py     the supervisor's side: actors, a queue of units, re-runs after a death
-    driver.py   one job on the pool: plan, store what comes back, encode, publish
+    driver.py   one job on the pool: plan, store what comes back, seams, encode, publish
+    status.py   the actors in `nstd status`
     backend.py  `spawn()` for the supervisor, in place of worker processes
 
 Nothing here but actor.py imports torch, and actor.py only inside the actor process.

@@ -42,9 +42,12 @@ CACHE_KEEP = 4  # jobs whose files stay cached on a node
 QUEUE_DEPTH = 8  # frames computed ahead of the network (bounded: memory does not grow)
 
 
-def encode_png16(rgb: np.ndarray) -> bytes:
-    """(H, W, 3) float32 RGB in [0, 1] -> 16-bit RGB PNG bytes (the frame store's format)."""
-    pixels = np.round(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
+def encode_png16(rgb: np.ndarray, bits: int = 16) -> bytes:
+    """(H, W, 3) float32 RGB in [0, 1] -> RGB PNG bytes, 16 bits per channel (the frame
+    store's format) or 8 (``daemon.wire_format: png8``: the precision the encoder keeps)."""
+    top = 65535.0 if bits == 16 else 255.0
+    pixels = np.round(np.clip(rgb, 0.0, 1.0) * top).astype(np.uint16 if bits == 16
+                                                              else np.uint8)
     ok, data = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover - OpenCV failing to encode a plain array
@@ -53,11 +56,12 @@ def encode_png16(rgb: np.ndarray) -> bytes:
 
 
 def decode_png16(data: bytes) -> np.ndarray:
-    """16-bit RGB PNG bytes -> (H, W, 3) float32 RGB in [0, 1]."""
+    """16- or 8-bit RGB PNG bytes -> (H, W, 3) float32 RGB in [0, 1]."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.dtype != np.uint16:
-        raise OSError("a shipped frame is not a 16-bit PNG")
-    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0
+    if pixels is None or pixels.dtype not in (np.uint16, np.uint8) or pixels.ndim != 3:
+        raise OSError("a shipped frame is not an RGB PNG")
+    top = 65535.0 if pixels.dtype == np.uint16 else 255.0
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / top
 
 
 class ShippedFrames:
@@ -117,6 +121,7 @@ class StyleActor:
                  simulate_seconds: float = 0.0) -> None:
         self.config = parse_config(config)
         self.simulate = float(simulate_seconds)
+        self.wire_bits = 8 if self.config.daemon.wire_format == "png8" else 16
         self._stopped: set[int] = set()
         self._probed: dict[str, Any] = {}  # job key -> VideoInfo: probed once per job
         self._engines_by_job: dict[str, tuple[Any, Any, Any]] = {}
@@ -199,7 +204,8 @@ class StyleActor:
             failpoint("actor.frame")
             if not isinstance(item, FrameOut):  # a StylizedFrame: PNG here, off the engine's
                 # thread (at 1080p the encode takes ~0.5 s on one core: bench/wire_bytes.py)
-                item = FrameOut(item.index, encode_png16(item.rgb), item.record, item.overlap)
+                item = FrameOut(item.index, encode_png16(item.rgb, self.wire_bits), item.record,
+                                item.overlap)
             yield item
         running.result()
 
@@ -295,5 +301,6 @@ class StyleActor:
             rgb = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
             record = {"loss": 0.0, "losses": {}, "iterations": 0, "initial_loss": 0.0,
                       "final_loss": 0.0, "mode": "simulated", "seconds": self.simulate}
-            put(FrameOut(frame.index, encode_png16(rgb.astype(np.float32) / 255.0), record,
+            put(FrameOut(frame.index, encode_png16(rgb.astype(np.float32) / 255.0,
+                                                   self.wire_bits), record,
                          frame.index < spec.start))

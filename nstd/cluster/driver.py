@@ -5,12 +5,14 @@
     video:  probe -> plan (one decode pass here: frame count, cuts, every frame's pts; kept
             in the frame store) -> units (`nstd.temporal.plan.plan_units`: shots, long shots
             split at video.max_segment_frames with video.segment_overlap frames of warm-up),
-            longest first -> every frame that comes back is stored at once (the resume
-            points stay on this disk) -> the seam passes (each split unit's overlap remade
-            from the previous unit's frames towards its own, `nstd.temporal.seam`) -> encode
-            in order, verify, rename, delete the store.
+            queued in the order `nstd.cluster.schedule` plans for the pool's actors -> every
+            frame that comes back is stored at once (the resume points stay on this disk)
+            -> each seam pass as soon as both units beside it are done (the overlap remade
+            from the previous unit's frames towards its own, `nstd.temporal.seam`)
+            -> meanwhile, an encoder thread writes the frames in order as each becomes final
+            (`_Flow`) -> verify, rename, delete the store.
 
-A unit whose actor died is asked again what is left (`_VideoUnits.build`): its own frames
+A unit whose actor died is asked again what is left (`_VideoUnit.build`): its own frames
 stored so far are a prefix (frames come back and are stored in order), so it resumes after the
 last one, with the stored frames before it as the flow history; a unit that had not stored
 its own first frame starts over, overlap included. Events go out through ``emit`` exactly as a
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from nstd.cluster.pool import ActorPool, UnitTask
+from nstd.cluster.schedule import dispatch_order
 from nstd.cluster.wire import FrameOut, UnitSpec
 from nstd.config import Config, parse_config
 from nstd.daemon.jobspec import JobSpec
@@ -123,6 +126,12 @@ class _Waiter:
         self.lock = threading.Lock()
         if count == 0:
             self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        """An error from outside the units (the encoder): the job stops, this error wins."""
+        with self.lock:
+            if self.error is None:
+                self.error = error
 
     def end(self, error: BaseException | None) -> None:
         with self.lock:
@@ -225,36 +234,53 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
     units = plan_units(plan, config.video.max_segment_frames, config.video.segment_overlap)
     tracker = _Tracker(spec.job_id, emit, frames, store.stored_count())
     shipment = JobShipment(spec, key)
-    waiter = _Waiter(len(units))
-    for part in units:
-        job_unit = _VideoUnit(spec, key, part, plan, store, size, shipment)
-        pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=part.stop - part.first,
-                             label=f"{spec.name} frames {part.start + 1}-{part.stop}",
-                             build=job_unit.build, on_frame=job_unit.keep(tracker),
-                             on_end=waiter.end))
-    with tracker.lock:
-        tracker.tick(final=True)  # "frame 0/N": the units are queued
-    waiter.wait(pool, spec.job_id, should_stop, tracker, _heartbeat(spec.job_id, emit))
-    # The seam passes, once both sides of every seam are stored (`nstd.temporal.seam`).
-    splits = [part for part in units if part.first < part.start]
-    waiter = _Waiter(len(splits))
-    for part in splits:
+    jobs = [_VideoUnit(spec, key, part, plan, store, size, shipment) for part in units]
+    ranks = dispatch_order([job_unit.left() for job_unit in jobs], len(pool.places))
+    flow = _Flow(store, plan, units)
+    waiter = _Waiter(len(units) + len(flow.seams))
+
+    def seam_task(part: Any) -> None:  # both units beside the seam are done (`_Joins`)
         seam = _SeamUnit(spec, key, part, plan, store, size, shipment)
         pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=part.start - part.first,
-                             label=f"{spec.name} seam before frame {part.start + 1}",
-                             build=seam.build, on_frame=seam.keep_seam, on_end=waiter.end))
-    waiter.wait(pool, spec.job_id, should_stop, None, _heartbeat(spec.job_id, emit))
-    emit({"event": "progress", "job": spec.job_id, "stage": "encode", "done": 0,
-          "total": frames, "eta": None})
+                             rank=-1, label=f"{spec.name} seam before frame {part.start + 1}",
+                             build=seam.build, on_frame=flow.stored(seam.keep_seam),
+                             on_end=joins.seam_end(part)))
+
+    joins = _Joins(flow, waiter, should_stop, seam_task)
+    for rank, index in enumerate(ranks):
+        job_unit, part = jobs[index], units[index]
+        pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=len(part), rank=rank,
+                             label=f"{spec.name} frames {part.start + 1}-{part.stop}",
+                             build=job_unit.build, on_frame=flow.stored(job_unit.keep(tracker)),
+                             on_end=joins.unit_end(part)))
+    with tracker.lock:
+        tracker.tick(final=True)  # "frame 0/N": the units are queued
+    # Frames are encoded in order while the units run: each as soon as it is final.
     tmp = fsutil.temp_path_for(Path(spec.output))
+    encoder = threading.Thread(target=flow.encode, args=(info, size, config, tmp),
+                               kwargs={"on_error": waiter.fail}, daemon=True,
+                               name=f"encode-{spec.job_id}")
     try:
-        encode_store(store, plan, units, info, size, config, tmp,
-                     heartbeat=_heartbeat(spec.job_id, emit))
+        encoder.start()
+        try:
+            waiter.wait(pool, spec.job_id, should_stop, tracker,
+                        _heartbeat(spec.job_id, emit))
+        finally:
+            flow.close(aborted=waiter.error is not None or should_stop())
+        emit({"event": "progress", "job": spec.job_id, "stage": "encode",
+              "done": flow.written, "total": frames, "eta": None})
+        while encoder.is_alive():
+            encoder.join(EVENT_SECONDS)
+            _heartbeat(spec.job_id, emit)()
+        if flow.error is not None:
+            raise flow.error
         if not video.verify_video(tmp, frames):
             raise OutputError(f"{Path(spec.output).name}: the encoded video does not have the "
                               f"expected {frames} frames")
         fsutil.publish(tmp, Path(spec.output))
     finally:
+        flow.close(aborted=True)
+        encoder.join()
         fsutil.remove_quietly(tmp)
     try:
         _verify(spec, config, frames)
@@ -275,11 +301,21 @@ class _VideoUnit:
         self.spec, self.key, self.part, self.plan = spec, key, part, plan
         self.store, self.size, self.shipment = store, size, shipment
 
+    def _resume(self) -> int:
+        """Its first own frame not stored (frames are stored in order: a prefix is stored)."""
+        resume = self.part.start
+        while resume < self.part.stop and self.store.has(resume):
+            resume += 1
+        return resume
+
+    def left(self) -> int:
+        """The frames it still has to make, overlap included if it has to start over."""
+        resume = self._resume()
+        return len(self.part) if resume == self.part.start else self.part.stop - resume
+
     def build(self) -> tuple[dict[str, Any], dict[int, Any], tuple[Any, ...]] | None:
         part, store = self.part, self.store
-        resume = part.start
-        while resume < part.stop and store.has(resume):
-            resume += 1
+        resume = self._resume()
         if resume >= part.stop:
             return None
         pts = self.plan["pts"]
@@ -343,10 +379,119 @@ class _SeamUnit(_VideoUnit):
         self.store.save_side_bytes(item.index, item.png, "seam")
 
 
+class _Flow:
+    """Which of a job's frames are final, and the encoder that writes them in order as soon
+    as they are: a frame is final once stored, an overlap frame once its seam pass ended
+    (with the pass's frame, or, when there was none, the cross-fade). Encoding during the
+    units leaves only the frames after the last gap for the end of the job."""
+
+    def __init__(self, store: Any, plan: dict[str, Any], units: list[Any]) -> None:
+        self.store, self.plan, self.units = store, plan, units
+        self.seams = [part for part in units if part.first < part.start]
+        self._seam_at = {t: part.start for part in self.seams
+                         for t in range(part.first, part.start)}
+        self._joined: set[int] = set()  # the starts of the split units whose seam pass ended
+        self._cond = threading.Condition()
+        self._closed = self._aborted = False
+        self.written = 0  # frames handed to the encoder
+        self.error: BaseException | None = None
+
+    def stored(self, keep: Callable[[FrameOut], None]) -> Callable[[FrameOut], None]:
+        def keep_and_tell(item: FrameOut) -> None:
+            keep(item)
+            with self._cond:
+                self._cond.notify_all()
+        return keep_and_tell
+
+    def joined(self, part: Any) -> None:
+        with self._cond:
+            self._joined.add(part.start)
+            self._cond.notify_all()
+
+    def close(self, *, aborted: bool) -> None:
+        """Every unit has ended (or the job stops: ``aborted``); nothing more will come."""
+        with self._cond:
+            self._closed = True
+            self._aborted = self._aborted or aborted
+            self._cond.notify_all()
+
+    def _final(self, index: int) -> bool:
+        seam = self._seam_at.get(index)
+        return (seam is None or seam in self._joined) and self.store.has(index)
+
+    def _wait_final(self, index: int) -> None:
+        with self._cond:
+            while not self._final(index):
+                if self._aborted:
+                    raise Interrupted("the job stopped while its frames were being encoded")
+                if self._closed:
+                    raise OutputError(f"frame {index + 1} was never stored")
+                self._cond.wait(EVENT_SECONDS)
+            self.written = index + 1
+
+    def encode(self, info: Any, size: tuple[int, int], config: Config, tmp: Path, *,
+               on_error: Callable[[BaseException], None]) -> None:
+        """Encode every frame into ``tmp`` as it becomes final (the encoder thread)."""
+        try:
+            encode_store(self.store, self.plan, self.units, info, size, config, tmp,
+                         ready=self._wait_final)
+        except BaseException as exc:  # noqa: BLE001 - reported to the job, not raised here
+            self.error = exc
+            if not self._aborted:
+                on_error(exc)
+
+
+class _Joins:
+    """Submits each seam pass as soon as both units beside it are done, not after the last
+    unit of the job: the passes then overlap the other units, and the encoder is not held
+    up at the seams until the end."""
+
+    def __init__(self, flow: _Flow, waiter: _Waiter, should_stop: Callable[[], bool],
+                 submit: Callable[[Any], None]) -> None:
+        self.flow, self.waiter, self.should_stop, self.submit = flow, waiter, should_stop, submit
+        self._before = {part.stop: part for part in flow.units}  # a piece's predecessor
+        self._done: set[Any] = set()
+        self._resolved: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def unit_end(self, part: Any) -> Callable[[BaseException | None], None]:
+        def end(error: BaseException | None) -> None:
+            # A cancelled unit ends with None too; the job is stopping then.
+            ok = error is None and not self.should_stop() and self.waiter.error is None
+            decided: list[tuple[Any, bool]] = []
+            with self._lock:
+                if ok:
+                    self._done.add(part)
+                for seam in self.flow.seams:
+                    before = self._before[seam.start]
+                    if seam in self._resolved or part not in (seam, before):
+                        continue
+                    if not ok or (seam in self._done and before in self._done):
+                        self._resolved.add(seam)
+                        decided.append((seam, ok))
+            self.waiter.end(error)  # (its seams are still counted: the job is not done yet)
+            for seam, run in decided:
+                if run:
+                    self.submit(seam)
+                else:  # the job fails or stops: this seam is never joined
+                    self.flow.joined(seam)
+                    self.waiter.end(None)
+        return end
+
+    def seam_end(self, part: Any) -> Callable[[BaseException | None], None]:
+        def end(error: BaseException | None) -> None:
+            self.flow.joined(part)
+            self.waiter.end(error)
+        return end
+
+
 def encode_store(store: Any, plan: dict[str, Any], units: list[Any], info: Any,
                  size: tuple[int, int], config: Config, tmp: Path, *,
-                 heartbeat: Callable[[], None] | None = None) -> None:
-    """Encode every stored frame in order into ``tmp``, cross-fading each overlap."""
+                 heartbeat: Callable[[], None] | None = None,
+                 ready: Callable[[int], None] | None = None) -> None:
+    """Encode every stored frame in order into ``tmp``: an overlap frame is its seam pass's
+    frame, else the cross-fade of both units' frames. ``ready(index)`` (if given) blocks
+    until frame ``index`` is final, or raises."""
     from nstd.media.container import VideoWriter
     from nstd.temporal.seam import crossfade
 
@@ -359,6 +504,8 @@ def encode_store(store: Any, plan: dict[str, Any], units: list[Any], info: Any,
     last = time.monotonic()
     try:
         for index in range(int(plan["frames"])):
+            if ready is not None:
+                ready(index)
             if index in fades and store.has_side(index, "seam"):
                 rgb = store.load_side(index, "seam")  # remade by the seam pass
             elif index in fades and store.has_side(index, "overlap"):

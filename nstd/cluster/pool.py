@@ -1,6 +1,7 @@
 """The supervisor's side of the actors: a queue of units, one thread per actor, re-runs.
 
-Each actor place has a thread that takes the next unit (by job order, then longest first),
+Each actor place has a thread that takes the next unit (by job order, then the job's own
+order: `nstd.cluster.schedule`),
 starts it on its actor and stores what streams back through the unit's callbacks. An actor
 that dies (``ray.kill``, a crash, its node gone) costs its unit nothing but the frames in
 flight: the place makes a new actor, and the unit goes back to the queue, where `UnitTask.build`
@@ -45,18 +46,19 @@ class UnitTask:
 
     job_id: int
     order: int  # the job's place in the queue (earlier jobs first)
-    frames: int  # the unit's length: longest first within a job
+    frames: int  # the unit's length
     build: Callable[[], tuple[dict[str, Any], dict[int, Any], tuple[Any, ...]] | None]
     on_frame: Callable[[Any], None]
     on_end: Callable[[BaseException | None], None]
     label: str = ""
+    rank: int = 0  # its place within the job's queue (`nstd.cluster.schedule`)
     stall: bool = True  # killed when silent for stall_seconds (an image sends one result)
     deaths: int = 0
     cancelled: bool = False
     seq: int = field(default_factory=itertools.count().__next__)
 
     def key(self) -> tuple[int, int, int]:
-        return (self.order, -self.frames, self.seq)
+        return (self.order, self.rank, self.seq)
 
 
 @dataclass
@@ -216,7 +218,13 @@ class ActorPool:
                 self._run(place, task)
             except ActorGone as exc:
                 with self._lock:
-                    place.actor, place.task = None, None
+                    gone, place.actor, place.task = place.actor, None, None
+                # Ray may call it only "temporarily unavailable" (a network blip, not a lost
+                # node): make sure the old actor cannot live on holding its GPU.
+                try:
+                    self._ray.kill(gone, no_restart=True)
+                except Exception:  # noqa: BLE001 - dead already
+                    pass
                 task.deaths += 1
                 if task.cancelled:
                     task.on_end(None)

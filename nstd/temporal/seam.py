@@ -4,7 +4,7 @@ Unit B of a split shot starts ``video.segment_overlap`` frames before its own fi
 cold, and runs warm through those overlap frames, so by its first frame it has settled into a
 temporally stable texture — but not the texture unit A reached there: two runs of the
 optimization from different starts end in different local minima. Cutting from A to B at
-one frame is a visible jump (bench/seam.py: that one frame pair's warp error is 8-15x the
+one frame is a visible jump (bench/seam.py: that one frame pair's warp error is 6-20x the
 median pair's).
 
 The seam pass (the default): once A and B are both done, the overlap frames are made once
@@ -13,10 +13,12 @@ term towards the warped previous frame). Each starts from the cross-fade of A's 
 of its index and is pulled towards both by two more temporal terms whose weights split
 ``video.temporal_weight`` as the cross-fade splits the pixels (`seam_frame`): the chain leaves
 A smoothly and arrives at B's texture by B's first own frame. Its frames are optimized, not
-mixtures, so their loss is a normal frame's (bench/seam.py, full-width net at 96 px: the seam
-pairs 1.48x the median pair, the same pairs of the unsplit run 1.56x; loss 0.91x unsplit,
-against 1.73x for the cross-fade alone). It costs ``overlap`` warm frames per seam, run in
-parallel over the seams, after the units.
+mixtures, so their loss is a normal frame's (bench/seam.py, full-width net at 96 px, a slow
+pan, overlap 12: the worst seam pair 1.48x the median pair, 1.62x with overlap 8; loss 0.91x
+unsplit, against 1.71x for the cross-fade alone). Going from A's texture to B's raises each
+pair of the overlap to ~1.3-1.4x the median: a longer overlap spreads it thinner, hence
+video.segment_overlap's default of 12. It costs ``overlap`` warm frames per seam, each run as
+soon as both units beside it are done (`nstd.cluster.driver`).
 
 The fallback, `crossfade`: the two overlaps blended, A's weight falling and B's rising — used
 for an overlap whose seam pass did not run. It spreads the jump over ``overlap + 1`` pairs,

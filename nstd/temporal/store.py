@@ -130,7 +130,8 @@ class FrameStore:
     # they came, nothing decoded or re-encoded on the supervisor.
 
     def save_bytes(self, index: int, png: bytes, record: dict[str, Any]) -> None:
-        """Store frame `index` given as 16-bit RGB PNG bytes, and its losses `record`."""
+        """Store frame `index` given as 16-bit (or 8-bit: daemon.wire_format) RGB PNG bytes,
+        and its losses `record`."""
         _write_atomic(self._frame_path(index), png)
         _write_atomic(self._frame_path(index, ".json"), json.dumps(record).encode())
 
@@ -173,9 +174,11 @@ class FrameStore:
 def _decode16(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.dtype != np.uint16:
+    if pixels is None or pixels.dtype not in (np.uint16, np.uint8) or pixels.ndim != 3:
         raise OSError(f"stored frame {path} is damaged")
-    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0
+    # 8-bit: a frame an actor sent with daemon.wire_format: png8 (stored as it came).
+    top = 65535.0 if pixels.dtype == np.uint16 else 255.0
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / top
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
