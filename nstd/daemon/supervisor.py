@@ -792,8 +792,8 @@ class Supervisor:
         except OSError as exc:
             what = f"could not handle the source ({exc.strerror or exc}); will retry"
         self._forget_path(path)
-        log.info("%s: %s", job.source, what)
         shutil.rmtree(self.work / str(job.id), ignore_errors=True)
+        log.info("%s: %s", job.source, what)  # the job's last line: nothing of it is left
 
     # ----------------------------------------------------------------- noticing and queueing
 
