@@ -1,8 +1,8 @@
 """The supervisor's side of the actors: a queue of units, one thread per actor, re-runs.
 
-Each actor place has a thread that takes the next unit (by job order, then the job's own
-order: `nstd.cluster.schedule`),
-starts it on its actor and stores what streams back through the unit's callbacks. An actor
+Each actor place has a thread that takes the next unit (by job order, then the order the job
+planned: `nstd.cluster.schedule`), starts it on its actor and stores what streams back through
+the unit's callbacks; a unit put back after a death keeps its place. An actor
 that dies (``ray.kill``, a crash, its node gone) costs its unit nothing but the frames in
 flight: the place makes a new actor, and the unit goes back to the queue, where `UnitTask.build`
 is asked again what is left (the frames stored on the supervisor's disk decide), so it resumes
