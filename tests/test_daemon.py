@@ -38,6 +38,7 @@ from nstd.job import JobReport, JobRequest
 from nstd.media.images import write_image
 from nstd.progress import JobProgress
 from nstd.testing.media import write_test_image
+from nstd.testing.stepped import grey_image_result
 
 SETTLE = 2.0
 T0 = 1_000_000.0
@@ -83,10 +84,7 @@ class Runner:
         kwargs["progress"](JobProgress(done=1, total=2, unit="iteration", elapsed=0.1))
         if self.action is not None:
             self.action(request, kwargs)
-        write_image(request.output, np.full((8, 8, 3), 0.5, np.float32))
-        return JobReport(kind="image", output=request.output, seconds=0.1, iterations=2,
-                         initial_loss=2.0, final_loss=1.0, losses={}, width=8, height=8,
-                         device="cpu")
+        return grey_image_result(request.output)
 
 
 def make_config(root: Path, **daemon: Any) -> Config:

@@ -43,7 +43,7 @@ from nstd.job import JobReport, JobRequest
 from nstd.media.images import read_image, write_image
 from nstd.testing.media import write_test_clip, write_test_image
 from nstd.testing.site import Site, checksums, kill_all, listing, temp_files
-from nstd.testing.stepped import Clock, FakeEngines
+from nstd.testing.stepped import Clock, FakeEngines, grey_image_result
 
 SETTLE = 2.0
 REPO = Path(__file__).resolve().parent.parent
@@ -104,10 +104,7 @@ class Runner:
         kwargs["heartbeat"]()
         if self.action is not None:
             self.action(request, kwargs)
-        write_image(request.output, np.full((8, 8, 3), 0.5, np.float32))
-        return JobReport(kind="image", output=request.output, seconds=0.1, iterations=2,
-                         initial_loss=2.0, final_loss=1.0, losses={}, width=8, height=8,
-                         device="cpu")
+        return grey_image_result(request.output)
 
 
 class Rig:

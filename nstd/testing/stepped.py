@@ -56,8 +56,6 @@ class SteppedSite:
     settle = 1.0
 
     def __init__(self, root: Path, **daemon: Any) -> None:
-        from nstd.job import JobReport  # nstd.job imports no torch at module level
-
         self.root = root
         (root / "styles").mkdir(exist_ok=True)
         write_test_image(root / "styles" / "mosaic.png", size=(16, 16), seed=1)
@@ -74,15 +72,10 @@ class SteppedSite:
         self.ran: list[str] = []
 
         def runner(request: Any, stylizer: object, **kwargs: Any) -> Any:
-            from nstd.media.images import write_image
-
             self.ran.append(request.source.name)
             if self.action is not None:
                 self.action(request, kwargs)
-            write_image(request.output, np.full((8, 8, 3), 0.5, np.float32))
-            return JobReport(kind="image", output=request.output, seconds=0.1, iterations=2,
-                             initial_loss=2.0, final_loss=1.0, losses={}, width=8, height=8,
-                             device="cpu")
+            return grey_image_result(request.output)
 
         self.runner = runner
         self.ledger = Ledger.open(ledger_path(self.config.daemon.state))
@@ -120,3 +113,14 @@ class SteppedSite:
         path = self.root / "config.json.yaml"
         path.write_text(json.dumps(self.mapping))
         return path
+
+
+def grey_image_result(output: Path) -> Any:
+    """What a fake `run_job` does for an image: an 8x8 grey image at ``output`` and its
+    `JobReport` (the stand-in of this rig, tests/test_daemon.py's and tests/test_faults.py's)."""
+    from nstd.job import JobReport
+    from nstd.media.images import write_image
+
+    write_image(output, np.full((8, 8, 3), 0.5, np.float32))
+    return JobReport(kind="image", output=output, seconds=0.1, iterations=2, initial_loss=2.0,
+                     final_loss=1.0, losses={}, width=8, height=8, device="cpu")
