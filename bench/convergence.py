@@ -98,7 +98,7 @@ def run_stock(name: str, stylizer: Stylizer, content: torch.Tensor, style: torch
     problem = stylizer._problem(content.to(stylizer.device), target, (), size)
 
     def loss_of(image: torch.Tensor) -> torch.Tensor:
-        return stylizer._values(problem, image)[1]
+        return stylizer._values(problem, image)[1] * stylizer.loss_scale
 
     x = content.detach().clone().to(stylizer.device).requires_grad_(True)
     with torch.no_grad():

@@ -98,10 +98,15 @@ class VideoConfig:
     init: Literal["warped", "previous", "content"] = _opt(
         "warped", "start of frame t: previous stylized frame warped by flow, unwarped, or content"
     )
-    temporal_weight: float = _opt(
-        50.0, "weight of the loss pulling frame t towards the warped frame t-1 (0 = off)", min=0.0
-    )
-    frame_iterations: int = _opt(10, "iteration budget of a warm-started frame", min=0)
+    temporal_tolerance: float | None = _opt(
+        2.0, "grey levels (0-255) a reliable pixel of a warm frame may move from where the flow "
+        "says it came from in the previous stylized frame; null: no limit (warm start only)",
+        min=0.0)
+    frame_target: float = _opt(
+        0.97, "a warm frame stops once its loss is at most this times the shot's reference "
+        "(the loss of its cold first frame); 0: always run frame_iterations", min=0.0)
+    frame_iterations: int = _opt(40, "most iterations (= network evaluations) of a warm frame",
+                                 min=0)
     frame_tolerance: float = _opt(
         0.001, "early stop of a warm frame: relative loss change below this ...", min=0.0
     )
@@ -119,7 +124,6 @@ class VideoConfig:
     preset: str = _opt("medium", "x264 preset (ultrafast ... veryslow)", choices=(
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
         "veryslow"))
-    long_term: bool = _opt(True, "also hold static regions to an older frame against drift")
 
 
 @dataclass(frozen=True)
@@ -241,12 +245,24 @@ def parse_config(mapping: Mapping[str, Any] | None, base_dir: Path | None = None
     return resolve_paths(config, base_dir) if base_dir is not None else config
 
 
+# Keys that existed once: their own message instead of "unknown key".
+RETIRED_KEYS = {
+    "video.temporal_weight": "replaced by video.temporal_tolerance (grey levels a reliable "
+                             "pixel may move from the warped previous frame, the same at any "
+                             "loss scale); remove it",
+    "video.long_term": "no longer needed: video.temporal_tolerance holds static regions "
+                       "in place; remove it",
+}
+
+
 def _parse_section(name: str, cls: type, raw: Mapping[str, Any], problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key in raw:
-        if key not in fields:
+        if f"{name}.{key}" in RETIRED_KEYS:
+            problems.append(f"{name}.{key}: {RETIRED_KEYS[f'{name}.{key}']}")
+        elif key not in fields:
             problems.append(f"{name}.{key}: unknown key (allowed: {', '.join(fields)})")
     for key, f in fields.items():
         if key not in raw:

@@ -40,7 +40,7 @@ def write_config(root: Path, weights: Path, **daemon: object) -> Path:
         "model": {"weights": str(weights), "device": "cpu"},
         "style": {"max_side": 32, "iterations": 4, "coarse_iterations": 2,
                   "min_scale_side": 16},
-        "video": {"frame_iterations": 3, "preset": "ultrafast", "long_term": False},
+        "video": {"frame_iterations": 3, "preset": "ultrafast"},
         "daemon": {"settle_seconds": 0.3, "rescan_seconds": 30.0,
                    "retry_backoff_seconds": 1.0, **daemon},
     }

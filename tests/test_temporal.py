@@ -11,7 +11,6 @@ from nstd.temporal.flow import (
     FlowEstimator,
     Prior,
     Segment,
-    combine_long_term,
     consistency_mask,
     estimate_motion,
     is_scene_cut,
@@ -177,20 +176,6 @@ def test_warp_prior_carries_the_stylized_frame_along_the_motion() -> None:
     assert err < 0.1 * np.abs(style(prev) - style(cur)).mean()
     with pytest.raises(ValueError, match="output size"):
         warp_prior(style(prev)[::2, ::2], estimate_motion(prev, cur))
-
-
-def test_combine_long_term_shares_reliable_pixels() -> None:
-    img = np.zeros((2, 2, 3), np.float32)
-    near = Prior(img, np.float32([[1, 1], [0, 0]]))
-    far = Prior(img + 1, np.float32([[1, 0], [1, 0]]))
-    anchor = combine_long_term([near, far])
-    np.testing.assert_allclose(anchor[0].mask, [[0.5, 1], [0, 0]])
-    np.testing.assert_allclose(anchor[1].mask, [[0.5, 0], [1, 0]])
-    assert anchor[1].warped is far.warped
-    assert combine_long_term([]) == []
-
-
-# ------------------------------------------------------------------------------ scene cuts
 
 
 def flat(rgb: tuple[int, int, int]) -> np.ndarray:

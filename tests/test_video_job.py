@@ -181,7 +181,7 @@ def test_changed_settings_refuse_to_resume_unless_restarted(tmp_path: Path, styl
     with pytest.raises(Interrupted):
         run_job(request, stylizer, should_stop=stop)
     changed = dataclasses.replace(config, video=dataclasses.replace(config.video,
-                                                                   temporal_weight=7.0))
+                                                                   temporal_tolerance=7.0))
     with pytest.raises(UsageError, match="--restart"):
         run_job(dataclasses.replace(request, config=changed), stylizer)
     report = run_job(dataclasses.replace(request, config=changed, restart=True), stylizer)
@@ -198,7 +198,7 @@ def test_warped_start_is_more_stable_than_independent_frames(tmp_path: Path, sty
         base = tiny_config(vgg_weights_path, frame_iterations=10, **video_keys)
         return dataclasses.replace(base, style=dataclasses.replace(base.style, iterations=40))
 
-    independent = config(init="content", temporal_weight=0.0)
+    independent = config(init="content", temporal_tolerance=None)
     warped = config()
     figures = {}
     for name, config in (("independent", independent), ("warped", warped)):

@@ -272,7 +272,7 @@ class StyleActor:
 
             length = spec.stop - spec.seam_first
             anchors = {t: seam_frame(decode_png16(a), decode_png16(b), t - spec.seam_first,
-                                     length, config.video.temporal_weight)
+                                     length)
                        for t, (a, b) in spec.seam_png.items()}
 
         def sink(frame: Any) -> None:

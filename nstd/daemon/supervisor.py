@@ -196,6 +196,7 @@ class _Slot:
     done: int = 0
     total: int = 0
     eta: float | None = None
+    losses: list[float] | None = None  # a video's frame losses so far, summarized (page)
     last_write: float = float("-inf")
     last_renew: float = float("-inf")
     last_log: float = float("-inf")
@@ -657,6 +658,8 @@ class Supervisor:
         slot.stage = str(data.get("stage") or "")
         slot.done, slot.total = int(data.get("done") or 0), int(data.get("total") or 0)
         slot.eta = data.get("eta")
+        if "losses" in data:
+            slot.losses = data["losses"]
         final = slot.total > 0 and slot.done >= slot.total
         if slot.stage in ("frame", "iteration") and (
                 final or mono - slot.last_write >= HEARTBEAT_SECONDS):
@@ -698,6 +701,7 @@ class Supervisor:
             slot.state, slot.job, slot.spec = "busy", job, spec
             slot.since = slot.heard = mono
             slot.stage, slot.done, slot.total, slot.eta = "starting", 0, 0, None
+            slot.losses = None
             slot.last_write = slot.last_log = slot.last_renew = float("-inf")
             slot.handle.send({"type": "job", "spec": spec.to_dict()})
             self._drain(now, mono)  # an in-process worker has already finished

@@ -47,6 +47,7 @@ from nstd.errors import (
     TransientError,
 )
 from nstd.faults import failpoint
+from nstd.series import Series
 from nstd.text import plural
 
 log = logging.getLogger("nstd.worker")
@@ -66,6 +67,7 @@ class _Reporter:
         self.last_beat = float("-inf")
         self.decoding = False
         self.preview: Any = None  # nstd.daemon.preview.Preview when daemon.http is on
+        self.losses = Series()  # a video's frame losses so far (the page's sparkline)
 
     def _due(self) -> bool:
         now = self.clock()
@@ -89,8 +91,11 @@ class _Reporter:
         if final or self._due():
             if final:
                 self.last = self.clock()
-            self.emit({"event": "progress", "job": self.job_id, "stage": stage,
-                       "done": done, "total": total, "eta": eta})
+            event = {"event": "progress", "job": self.job_id, "stage": stage,
+                     "done": done, "total": total, "eta": eta}
+            if stage == "frame":
+                event["losses"] = [float(f"{v:.4g}") for v in self.losses.values()]
+            self.emit(event)
 
     def packets(self, stage: str, total: int) -> Callable[[int], None]:
         """A per-packet callback (probe, output check)."""
@@ -111,6 +116,8 @@ class _Reporter:
             failpoint("job.progress")
             if p.unit == "frame":
                 failpoint("video.frame")
+                if p.loss is not None:
+                    self.losses.add(p.loss)
         final = p.total > 0 and p.done >= p.total and p.unit != "plan"
         self.stage(p.unit, p.done, p.total, p.eta, final=final)
         if self.preview is not None and p.unit != "plan":

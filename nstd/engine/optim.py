@@ -23,6 +23,9 @@ that nothing depends on the scale and nothing needs the host:
   a bound whose gradient points out of the box is held there (its gradient and direction
   components are zeroed: projected L-BFGS). So every evaluated point is a valid image, and
   the returned image is the optimized one, not a clamped copy of an iterate outside [0, 1].
+  The bounds may be per element (tensors): a video's warm frame keeps its reliable pixels
+  within a few grey levels of the warped previous frame this way (`nstd.temporal.bounds`),
+  a constraint in image units that no loss weight can move.
 
 A rejected trial still advances the history ring with an inert pair (rho = 0: it drops out
 of the two-loop recursion), because the ring position is a host counter that must not depend
@@ -51,7 +54,7 @@ class BoxLBFGS:
             clamped into the box at once; after each `step` it holds the next trial point.
         history: curvature pairs kept.
         first_step: largest per-element change of a steepest-descent step.
-        lo, hi: the box.
+        lo, hi: the box: floats, or tensors of x's shape (per-element bounds, lo <= hi).
 
     `step(closure)`: closure() must compute the loss at the current x, call backward() (so
     x.grad holds the gradient) and return the loss (a scalar tensor). Returns that loss, not
@@ -61,19 +64,19 @@ class BoxLBFGS:
     """
 
     def __init__(self, x: Tensor, history: int = 20, first_step: float = FIRST_STEP,
-                 lo: float = 0.0, hi: float = 1.0) -> None:
+                 lo: float | Tensor = 0.0, hi: float | Tensor = 1.0) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         if not x.requires_grad:
             raise ValueError("x must require grad")
         if not x.is_contiguous():
             raise ValueError("x must be contiguous (optimize x.contiguous())")
-        if not first_step > 0 or not lo < hi:
-            raise ValueError(f"need first_step > 0 and lo < hi, got {first_step}, {lo}, {hi}")
+        if not first_step > 0:
+            raise ValueError(f"need first_step > 0, got {first_step}")
         self.x = x
         self.history = history
         self.first_step = float(first_step)
-        self.lo, self.hi = float(lo), float(hi)
+        self.lo, self.hi = _bounds(lo, hi, x)
         n = x.numel()
         self._s = x.new_zeros((history, n))
         self._y = x.new_zeros((history, n))
@@ -89,7 +92,7 @@ class BoxLBFGS:
         self.pairs = 0  # ring slots written (host counter)
         self.evaluations = 0
         with torch.no_grad():
-            x.clamp_(self.lo, self.hi)
+            x.view(-1).copy_(x.view(-1).clamp(self.lo, self.hi))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if set_to_none:
@@ -188,3 +191,24 @@ class BoxLBFGS:
             beta = torch.dot(self._y[j], r) * self._rho[j]
             r.addcmul_(self._s[j], self._alpha[j] - beta)
         return r
+
+
+def _bounds(lo: float | Tensor, hi: float | Tensor, x: Tensor
+            ) -> tuple[float, float] | tuple[Tensor, Tensor]:
+    """(lo, hi) as floats, or both as flat tensors on x's device when either is a tensor."""
+    if not isinstance(lo, Tensor) and not isinstance(hi, Tensor):
+        if not float(lo) < float(hi):
+            raise ValueError(f"need lo < hi, got {lo}, {hi}")
+        return float(lo), float(hi)
+    flat = []
+    for bound in (lo, hi):
+        if isinstance(bound, Tensor):
+            if bound.numel() != x.numel():
+                raise ValueError(f"a bound tensor must have x's {x.numel()} elements, "
+                                 f"got {bound.numel()}")
+            flat.append(bound.detach().to(x.device, x.dtype).reshape(-1).contiguous())
+        else:
+            flat.append(torch.full((x.numel(),), float(bound), device=x.device, dtype=x.dtype))
+    if bool((flat[0] > flat[1]).any()):
+        raise ValueError("every lower bound must be <= its upper bound")
+    return flat[0], flat[1]

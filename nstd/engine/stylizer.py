@@ -24,6 +24,11 @@ Choices that depart from the paper or from common code, and why:
   copied to pinned memory asynchronously and read `lag` iterations later (see `_Tracker`).
 - Style Grams are computed once per (style target, output size) and cached in the
   `StyleTarget`; content features once per scale of each run.
+- The optimizer sees the objective divided by content_weight + style_weight + tv_weight
+  (`loss_scale`), and every figure reported is multiplied back. The optimizer is scale-free,
+  so in exact arithmetic this changes nothing; in float32 it makes a common factor on the
+  weights (x10, x0.1) leave every iterate identical instead of diverging by rounding along
+  a chaotic trajectory (a video's frames differed by up to 13 grey levels at x10 without it).
 
 What the loss figures mean (the same everywhere: progress, results, `--json`, the README):
 `total` = content + style + tv, the weighted Gatys et al. objective; a video's warm frames
@@ -87,6 +92,18 @@ class StylizeResult:
     iterations: int  # optimizer iterations run, over all scales
     seconds: float
     stopped_early: bool  # the final scale ended by early stopping, before its budget
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Per-pixel limits of the optimized image (a video's warm frame: `nstd.temporal.bounds`).
+
+    lo, hi: (1, 3, H, W) float in [0, 1], lo <= hi; resized to the scale being optimized.
+    Every evaluated image stays inside them (projected L-BFGS; Adam is clamped).
+    """
+
+    lo: Tensor
+    hi: Tensor
 
 
 @dataclass(frozen=True)
@@ -203,6 +220,7 @@ class _Problem:
     grams: dict[str, Tensor]  # blended style Grams
     temporal: list[tuple[Tensor, Tensor, float]]  # (target, mask, weight) at this size
     chroma_source: Tensor  # content RGB at this size (colour recombination)
+    bounds: tuple[Tensor, Tensor] | None = None  # (lo, hi) of the optimized image, this size
 
 
 class _Tracker:
@@ -219,12 +237,15 @@ class _Tracker:
 
     def __init__(self, total: int, scale_count: int, started: float, sync_every: int,
                  progress: Callable[[Progress], None] | None,
-                 should_stop: Callable[[], bool] | None, lag: int = 0) -> None:
+                 should_stop: Callable[[], bool] | None, lag: int = 0,
+                 loss_scale: float = 1.0) -> None:
         self.total, self.scale_count, self.started = total, scale_count, started
+        self.loss_scale = loss_scale  # device values x this = the reported figures
         self.sync_every, self.lag = sync_every, lag
         self.progress, self.should_stop = progress, should_stop
         self.done = 0
         self.first_loss: float | None = None
+        self.target_loss: float | None = None  # stop once 'total' is at most this
         self._pending: list[tuple[int, Tensor, object | None]] = []
         self._history: list[float] = []
         self._scale = (0, (0, 0), ("objective", "total"), 0.0, 1)
@@ -263,7 +284,8 @@ class _Tracker:
             if event is not None:
                 event.synchronize()  # type: ignore[attr-defined]
         # The one host sync (on CUDA with lag: of values copied long ago, no stall).
-        rows = torch.stack([v for _, v, _ in batch]).tolist()
+        rows = [[v * self.loss_scale for v in row]
+                for row in torch.stack([v for _, v, _ in batch]).tolist()]
         index, size, names, tolerance, window = self._scale
         converged = False
         for (iteration, _, _), row in zip(batch, rows, strict=True):
@@ -280,7 +302,8 @@ class _Tracker:
                 losses["total"] = row[1]
                 self.progress(Progress(iteration, self.total, index, self.scale_count, size,
                                        row[1], losses, time.monotonic() - self.started))
-            converged = converged or self._converged(tolerance, window)
+            converged = converged or self._converged(tolerance, window) \
+                or (self.target_loss is not None and row[1] <= self.target_loss)
         return converged
 
     def _converged(self, tolerance: float, window: int) -> bool:
@@ -352,6 +375,8 @@ class Stylizer:
             # size): let cuDNN time its algorithms once per shape and keep the fastest.
             torch.backends.cudnn.benchmark = True
         self._style_weights = {k: float(v) for k, v in style.style_layers.items() if v != 0}
+        # The objective the optimizer sees is divided by this (module docstring).
+        self.loss_scale = (style.content_weight + style.style_weight + style.tv_weight) or 1.0
         self._token = object()
 
     # ----------------------------------------------------------------- style targets
@@ -446,23 +471,26 @@ class Stylizer:
         """Weighted loss terms of image x (1, C, H, W), C = 1 (luminance) or 3: content,
         style, tv[, temporal]. Each is a float32 scalar."""
         s = self.style
+        scale = self.loss_scale
         feats = self._forward(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
         zero = x.new_zeros(())
         terms = [
-            s.content_weight * content_loss(feats[s.content_layer], problem.content)
+            s.content_weight / scale * content_loss(feats[s.content_layer], problem.content)
             if s.content_weight else zero,
-            s.style_weight * style_loss({k: gram_matrix(feats[k]) for k in self._style_weights},
-                                        problem.grams, self._style_weights)
+            s.style_weight / scale * style_loss({k: gram_matrix(feats[k])
+                                                 for k in self._style_weights},
+                                                problem.grams, self._style_weights)
             if s.style_weight and self._style_weights else zero,
-            s.tv_weight * tv_loss(x) if s.tv_weight else zero,
+            s.tv_weight / scale * tv_loss(x) if s.tv_weight else zero,
         ]
         if problem.temporal:
-            terms.append(sum((w * temporal_loss(x, t, m) for t, m, w in problem.temporal),
-                             start=zero))
+            terms.append(sum((w / scale * temporal_loss(x, t, m)
+                              for t, m, w in problem.temporal), start=zero))
         return terms
 
     def _problem(self, content: Tensor, target: StyleTarget,
-                 temporal: Sequence[TemporalTerm], size: tuple[int, int]) -> _Problem:
+                 temporal: Sequence[TemporalTerm], size: tuple[int, int],
+                 bounds: Bounds | None = None) -> _Problem:
         """Targets at one size. content (1, 3, H, W) on the device."""
         rgb = _resize(content, size)
         x = rgb
@@ -481,7 +509,15 @@ class Stylizer:
             terms.append((luminance(t) if self.style.preserve_color else t, m,
                           float(term.weight)))
         grams = self._style_grams(target, size, stats)
-        return _Problem(tuple(size), content_feats.detach(), grams, terms, rgb)
+        box = None
+        if bounds is not None:
+            lo, hi = (_resize(b.to(self.device, torch.float32), size) for b in (bounds.lo,
+                                                                            bounds.hi))
+            # Luminance is a positive combination of R, G and B, so per-channel limits bound
+            # it by the luminance of the limits.
+            box = (luminance(lo), luminance(hi)) if self.style.preserve_color else (lo, hi)
+            box = (box[0].contiguous(), torch.maximum(box[0], box[1]).contiguous())
+        return _Problem(tuple(size), content_feats.detach(), grams, terms, rgb, box)
 
     # ----------------------------------------------------------------- running
 
@@ -491,7 +527,9 @@ class Stylizer:
             progress: Callable[[Progress], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             tolerance: float | None = None,
-            tolerance_window: int | None = None) -> StylizeResult:
+            tolerance_window: int | None = None,
+            bounds: Bounds | None = None,
+            target_loss: float | None = None) -> StylizeResult:
         """Stylize `content` (1, 3, H, W) float in [0, 1] towards `target`.
 
         init: start image (1, 3, h, w) in [0, 1] (resized to fit), else style.init
@@ -501,11 +539,14 @@ class Stylizer:
         temporal: extra terms pulling the output towards given images (video).
         tolerance, tolerance_window: early stopping for this run (default style.tolerance and
             style.tolerance_window), e.g. a short window for a video's short warm budget.
+        bounds: per-pixel limits every evaluated image stays inside (a video's warm frame).
+        target_loss: the final scale stops as soon as the best image's 'total' is at most
+            this (a video's per-frame quality target); None: only the budget and tolerance.
         Raises Interrupted when should_stop() turns true, OutOfMemoryError on CUDA OOM.
         Returns the (1, 3, H, W) result on the CPU; the caller's tensors are never modified.
         """
         started = time.monotonic()
-        self._check_run_args(content, target, init, temporal)
+        self._check_run_args(content, target, init, temporal, bounds)
         try:
             stopping = (self.style.tolerance if tolerance is None else float(tolerance),
                         self.style.tolerance_window if tolerance_window is None
@@ -514,15 +555,18 @@ class Stylizer:
                 raise ValueError(f"tolerance must be >= 0 and tolerance_window >= 1, got "
                                  f"{stopping}")
             return self._run(content, target, init, iterations, coarse_to_fine, temporal,
-                             progress, should_stop, started, stopping)
+                             progress, should_stop, started, stopping, bounds, target_loss)
         except torch.cuda.OutOfMemoryError:
             h, w = content.shape[-2:]
             raise OutOfMemoryError(f"out of GPU memory stylizing {w}x{h}; "
                                    "retry at a smaller size (style.max_side)") from None
 
     def _check_run_args(self, content: Tensor, target: StyleTarget, init: Tensor | None,
-                        temporal: Sequence[TemporalTerm]) -> None:
+                        temporal: Sequence[TemporalTerm], bounds: Bounds | None) -> None:
         _check_image(content, "content")
+        if bounds is not None:
+            _check_image(bounds.lo, "lower bound")
+            _check_image(bounds.hi, "upper bound")
         if target._owner is not self._token:
             raise ValueError("this StyleTarget was prepared by another Stylizer")
         if init is not None:
@@ -543,7 +587,8 @@ class Stylizer:
              iterations: int | None, coarse_to_fine: bool, temporal: Sequence[TemporalTerm],
              progress: Callable[[Progress], None] | None,
              should_stop: Callable[[], bool] | None, started: float,
-             stopping: tuple[float, int]) -> StylizeResult:
+             stopping: tuple[float, int], bounds: Bounds | None = None,
+             target_loss: float | None = None) -> StylizeResult:
         content = content.detach().to(self.device, torch.float32).contiguous()
         full = (int(content.shape[-2]), int(content.shape[-1]))
         budget = self.style.iterations if iterations is None else int(iterations)
@@ -551,13 +596,15 @@ class Stylizer:
             raise ValueError(f"iterations must be >= 0, got {budget}")
         plan = self.plan(full, budget, coarse_to_fine)
         tracker = _Tracker(sum(n for _, n in plan), len(plan), started, self.sync_every,
-                           progress, should_stop, lag=self.lag)
+                           progress, should_stop, lag=self.lag, loss_scale=self.loss_scale)
         start = self._initial_image(content, init, plan[0][0])
         x, stopped_early = start, False
         for index, (size, steps) in enumerate(plan):
             if index > 0:
                 x = _resize(x.clamp(0.0, 1.0), size)
-            problem = self._problem(content, target, temporal, size)
+            problem = self._problem(content, target, temporal, size, bounds)
+            # The quality target is that of the output size: coarser scales run their budget.
+            tracker.target_loss = target_loss if index == len(plan) - 1 else None
             x, stopped_early = self._optimize(problem, x, steps, index, tracker, stopping)
         image, terms = self._finish(problem, x)
         initial = tracker.first_loss if len(plan) == 1 and tracker.first_loss is not None \
@@ -608,10 +655,11 @@ class Stylizer:
         one more forward pass. The comparison stays on the device (no host sync); it costs
         one copy of the image per evaluation. Progress reports the best image's losses.
         """
-        # A contiguous copy inside [0, 1]: the caller's tensor is never changed, and any
+        # A contiguous copy inside the box: the caller's tensor is never changed, and any
         # layout it came in (channels_last, a transposed view) is fine.
-        x = x0.detach().clamp(0.0, 1.0).contiguous().requires_grad_(True)
-        optimizer = self._optimizer(x)
+        lo, hi = problem.bounds if problem.bounds is not None else (0.0, 1.0)
+        x = x0.detach().clamp(lo, hi).contiguous().requires_grad_(True)
+        optimizer = self._optimizer(x, lo, hi)
         project = not isinstance(optimizer, BoxLBFGS)  # Adam: clamp after each step
         tracker.begin_scale(scale_index, problem.size, self._term_names(problem), *stopping)
         best_x = x.detach().clone()
@@ -633,17 +681,18 @@ class Stylizer:
             optimizer.step(closure)
             if project:
                 with torch.no_grad():
-                    x.clamp_(0.0, 1.0)
+                    x.copy_(x.clamp(lo, hi))
             if tracker.record(best.clone()):
                 stopped = step + 1 < steps  # converging on the last step is not "early"
                 break
         tracker.flush()  # report iterations still pending (sync_every > 1)
         return best_x if steps > 0 else x.detach(), stopped
 
-    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer | BoxLBFGS:
+    def _optimizer(self, x: Tensor, lo: float | Tensor = 0.0,
+                   hi: float | Tensor = 1.0) -> torch.optim.Optimizer | BoxLBFGS:
         if self.style.optimizer == "adam":
             return torch.optim.Adam([x], lr=self.style.learning_rate)
-        return BoxLBFGS(x, history=self.style.lbfgs_history)
+        return BoxLBFGS(x, history=self.style.lbfgs_history, lo=lo, hi=hi)
 
     def _finish(self, problem: _Problem, x: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The result image (CPU, [0, 1]) and the loss terms of exactly that image.
@@ -657,7 +706,7 @@ class Stylizer:
                 evaluated = luminance(rgb)
             else:
                 rgb = evaluated = x.clamp(0.0, 1.0)
-            values = self._values(problem, evaluated).tolist()
+            values = [v * self.loss_scale for v in self._values(problem, evaluated).tolist()]
         losses = dict(zip(self._term_names(problem)[2:], values[2:], strict=True))
         losses["total"] = values[1]
         return rgb.detach().to("cpu", torch.float32), losses
@@ -665,7 +714,7 @@ class Stylizer:
     def _total(self, problem: _Problem, x: Tensor) -> float:
         """'total' (content + style + tv) of image x."""
         with torch.no_grad():
-            return float(self._values(problem, x)[1])
+            return float(self._values(problem, x)[1]) * self.loss_scale
 
     def evaluate(self, image: Tensor, content: Tensor, target: StyleTarget) -> dict[str, float]:
         """Weighted content/style/tv losses and their total for `image` against `content`.
@@ -686,7 +735,7 @@ class Stylizer:
         x = image.detach().to(self.device, torch.float32)
         x = luminance(x) if self.style.preserve_color else x
         with torch.no_grad():
-            values = self._values(problem, x).tolist()
+            values = [v * self.loss_scale for v in self._values(problem, x).tolist()]
         return {"content": values[2], "style": values[3], "tv": values[4], "total": values[1]}
 
 

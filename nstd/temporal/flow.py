@@ -34,7 +34,6 @@ __all__ = [
     "Motion",
     "Prior",
     "Segment",
-    "combine_long_term",
     "consistency_mask",
     "estimate_motion",
     "is_scene_cut",
@@ -133,7 +132,7 @@ class FlowEstimator:
 
 
 @lru_cache(maxsize=8)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates (x, y), each float32 (H, W); cached per size, read-only."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     xs.setflags(write=False)
@@ -163,7 +162,7 @@ def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LIN
     """
     h, w = image.shape[:2]
     _check_flow(flow, (h, w))
-    xs, ys = _grid(h, w)
+    xs, ys = pixel_grid(h, w)
     map_x = xs + flow[..., 0]
     map_y = ys + flow[..., 1]
     src = np.ascontiguousarray(image, dtype=np.float32)
@@ -184,7 +183,7 @@ def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LIN
 def _inside(flow: np.ndarray) -> np.ndarray:
     """bool (H, W): the flow's target x + flow(x) lies inside the frame."""
     h, w = flow.shape[:2]
-    xs, ys = _grid(h, w)
+    xs, ys = pixel_grid(h, w)
     tx = xs + flow[..., 0]
     ty = ys + flow[..., 1]
     return (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
@@ -286,34 +285,6 @@ def warp_prior(prev_stylized: np.ndarray, motion: Motion,
         )
     warped = np.clip(warp(prev_stylized, motion.flow_bw, interpolation), 0.0, 1.0)
     return Prior(warped, motion.mask)
-
-
-def combine_long_term(priors: Sequence[Prior]) -> list[Prior]:
-    """Re-weight several priors for frame t (nearest first: t-1, then e.g. t-5) into temporal
-    terms whose masks sum to at most 1 per pixel, so `video.temporal_weight` keeps its meaning.
-
-    Each prior comes from `estimate_motion` + `warp_prior` with *direct* flow between input
-    frames t-k and t (not chained), so an old prior carries no accumulated warping error.
-
-    A pixel reliable in several priors is pulled towards all of them with equal shares
-    (mask_k = c_k / max(1, sum c)), against drift: a static region stays tied to an older
-    stylized frame instead of only to t-1, so the small errors of one warp per frame (sub-pixel
-    flow noise, bilinear blur) cannot accumulate freely along the chain. (Ruder et al.'s
-    long-term loss instead gives each pixel to the nearest prior in which it is reliable;
-    older frames then only fill regions disoccluded in the nearer ones.)
-
-    Args:
-        priors: `Prior` list, nearest frame first.
-
-    Returns:
-        list of `Prior` with the same ``warped`` arrays and new float32 (H, W) masks in [0, 1].
-    """
-    if not priors:
-        return []
-    masks = [p.mask.astype(np.float32, copy=False) for p in priors]
-    total = np.maximum(np.sum(masks, axis=0), 1.0)
-    new = [m / total for m in masks]
-    return [Prior(p.warped, m.astype(np.float32)) for p, m in zip(priors, new, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------

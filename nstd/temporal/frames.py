@@ -5,9 +5,10 @@
         stored already?  load it (resume)                         -- no work redone
         cold (first frame, scene cut, flow unusable)?  coarse-to-fine, style.iterations
         warm?  init from the previous stylized frame (warped along the flow of the *input*
-               frames, bicubic), temporal loss towards it (and an older frame, against
-               drift), video.frame_iterations with early stopping over
-               video.frame_tolerance_window iterations
+               frames, bicubic); reliable pixels kept within video.temporal_tolerance grey
+               levels of where they came from (`nstd.temporal.bounds`); stops once its loss
+               reaches the shot's quality (video.frame_target x the reference: the loss of
+               the shot's cold frame), at video.frame_iterations, or on early stopping
                (video.init 'content' starts nothing warm: such frames get the cold budget)
         hand the frame to the store+encode thread: stored losslessly (the resume point),
         then encoded
@@ -36,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from nstd.engine.stylizer import StyleTarget, Stylizer, TemporalTerm
+from nstd.engine.stylizer import Bounds, StyleTarget, Stylizer, TemporalTerm
 from nstd.errors import InputError, Interrupted, OutputError
 from nstd.job import (
     Heartbeat,
@@ -51,24 +52,18 @@ from nstd.media import container as video
 from nstd.media import files as fsutil
 from nstd.progress import JobProgress
 from nstd.temporal import plan as planning
-from nstd.temporal.flow import (
-    FlowEstimator,
-    Motion,
-    Prior,
-    combine_long_term,
-    estimate_motion,
-    warp_prior,
-)
+from nstd.temporal.bounds import prior_bounds
+from nstd.temporal.flow import FlowEstimator, Motion, Prior, estimate_motion, warp_prior
 from nstd.temporal.plan import output_size, plan_video
-from nstd.temporal.seam import SeamFrame
+from nstd.temporal.seam import SeamFrame, pull_weight
 from nstd.temporal.store import FrameStore
 from nstd.text import plural
 from nstd.threads import Drain, Prefetch
 
 log = logging.getLogger(__name__)
 
-# The long-term prior looks this many frames back (Ruder et al. used J = {1, 2, 5}); a single
-# older frame already ties static regions down against slow drift at a third of the flow cost.
+# Frames of history a range keeps (and a resumed range decodes again before its first new
+# frame): the previous frame is what a warm frame starts from.
 LONG_TERM_GAP = 5
 # Below this fraction of reliable pixels the warped previous frame is mostly wrong (a cut the
 # planner missed, a whip pan): start the frame cold instead of dragging garbage along.
@@ -131,10 +126,9 @@ class KnownFrames(Protocol):
 
 @dataclass(frozen=True)
 class FrameMotion:
-    """Priors' motion for frame t: from t-1 (`short`) and from t-LONG_TERM_GAP (`long`)."""
+    """The motion between the previous input frame and frame t (None at a range's start)."""
 
     short: Motion | None
-    long: Motion | None
 
 
 def default_work_dir(output: Path) -> Path:
@@ -236,6 +230,8 @@ class FrameLoop:
         # is pulled towards.
         self.anchors: dict[int, SeamFrame] = {}
         self.records: list[dict[str, Any]] = []
+        # The shot's quality: the loss its cold frame reached (None before one is known).
+        self.reference: float | None = None
         self.computed = 0
         self.started = time.monotonic()
 
@@ -255,15 +251,11 @@ class FrameLoop:
     def _needs_motion(self, index: int) -> bool:
         if index in self.cold_frames or self.store.has(index):
             return False
-        return self.video_cfg.init == "warped" or self.video_cfg.temporal_weight > 0
+        return self.video_cfg.init == "warped" or self.video_cfg.temporal_tolerance is not None
 
     def _motion(self, index: int, current: np.ndarray, recent: list[np.ndarray]) -> FrameMotion:
         """Flows for frame `index` from the inputs only (runs in the flow thread)."""
-        short = estimate_motion(recent[-1], current, self.flow) if recent else None
-        long = None
-        if self.video_cfg.long_term and len(recent) >= LONG_TERM_GAP:
-            long = estimate_motion(recent[-LONG_TERM_GAP], current, self.flow)
-        return FrameMotion(short, long)
+        return FrameMotion(estimate_motion(recent[-1], current, self.flow) if recent else None)
 
     # ----------------------------------------------------------------- the loop
 
@@ -329,6 +321,8 @@ class FrameLoop:
         if self.store.has(index):
             out = self.store.load(index)
             record = self.store.record(index)
+            # A resumed chain continues with the quality its shot was made to.
+            self.reference = record.get("reference", self.reference)
             sink(StylizedFrame(index, out, None, frame.pts))
         else:
             if self.should_stop():
@@ -354,6 +348,7 @@ class FrameLoop:
         cold = frame.index in self.cold_frames or not self.history
         terms: list[TemporalTerm] = []
         init = None
+        bounds = None
         mode = "cold"
         if not cold and motion is not None and motion.short is not None and \
                 float(motion.short.mask.mean()) < MIN_RELIABLE_FRACTION:
@@ -362,58 +357,66 @@ class FrameLoop:
             cold = True
         if not cold:
             previous = self.history[-1][1]
-            priors = self._priors(frame.index, motion, previous)
+            prior = self._prior(motion, previous)
             mode = cfg.init
             if cfg.init == "warped":
-                init = to_tensor(priors[0].warped)
+                init = to_tensor(prior.warped)
             elif cfg.init == "previous":
                 init = to_tensor(previous)
-            if cfg.temporal_weight > 0:
-                terms = [TemporalTerm(target=to_tensor(p.warped),
-                                      mask=torch.from_numpy(p.mask)[None, None],
-                                      weight=cfg.temporal_weight)
-                         for p in priors]
             seam = self.anchors.get(frame.index)
-            if seam is not None:  # a seam pass: start from the blend, pulled towards both
+            if seam is not None:
+                # A seam pass: start from the blend, pulled towards the chain's warped previous
+                # frame and towards both units' frames; unboxed, since it must travel from one
+                # unit's texture to the other's within the overlap.
                 init = to_tensor(seam.start)
+                weight = pull_weight(self.reference)
                 ones = torch.ones(1, 1, *seam.start.shape[:2])
-                terms += [TemporalTerm(target=to_tensor(a), mask=ones, weight=w)
-                          for a, w in seam.pulls]
+                terms = [TemporalTerm(to_tensor(prior.warped),
+                                      torch.from_numpy(prior.mask)[None, None], weight)]
+                terms += [TemporalTerm(to_tensor(a), ones, share * weight)
+                          for a, share in seam.pulls]
+            elif cfg.temporal_tolerance is not None and motion is not None \
+                    and motion.short is not None:
+                lo, hi = prior_bounds(previous, prior.warped, motion.short.flow_bw, prior.mask,
+                                      cfg.temporal_tolerance)
+                bounds = Bounds(to_tensor(lo), to_tensor(hi))
+        target = None
+        if not cold and cfg.frame_target > 0 and self.reference is not None:
+            target = cfg.frame_target * self.reference
         if cold:
             self.shot_start = frame.index
             result = self.stylizer.run(content, self.target, progress=self.tick)
         elif init is None:
             # init 'content': nothing carries over, so the frame needs the cold budget (this is
             # the independent per-frame baseline, whatever video.frame_iterations says).
-            result = self.stylizer.run(content, self.target, temporal=terms, progress=self.tick)
+            result = self.stylizer.run(content, self.target, temporal=terms, progress=self.tick,
+                                       bounds=bounds)
         else:
-            # Warm: a short budget with a matching short early-stopping window.
+            # Warm: at most frame_iterations, ending as soon as the shot's quality is reached
+            # (easy frames stop after a few evaluations, new content gets more) or the loss
+            # stops moving.
             result = self.stylizer.run(content, self.target, init=init,
                                        iterations=cfg.frame_iterations, coarse_to_fine=False,
                                        temporal=terms, progress=self.tick,
                                        tolerance=cfg.frame_tolerance,
-                                       tolerance_window=cfg.frame_tolerance_window)
-        # The engine's 'total' excludes the temporal term (reported as 'temporal', warm frames
-        # only), so a frame's loss compares across modes: it is the frame's final_loss.
+                                       tolerance_window=cfg.frame_tolerance_window,
+                                       bounds=bounds, target_loss=target)
+        if cold:
+            self.reference = result.final_loss
+        # The engine's 'total' excludes any temporal term, so a frame's loss compares across
+        # modes: it is the frame's final_loss.
         record = {"loss": result.final_loss, "losses": dict(result.losses),
                   "iterations": result.iterations,
                   "initial_loss": result.initial_loss, "final_loss": result.final_loss,
-                  "mode": mode, "seconds": result.seconds}
+                  "mode": mode, "seconds": result.seconds, "reference": self.reference}
         return to_array(result.image), record
 
-    def _priors(self, index: int, motion: FrameMotion | None,
-                previous: np.ndarray) -> list[Prior]:
-        """Warped earlier stylized frames with their masks (nearest first)."""
+    def _prior(self, motion: FrameMotion | None, previous: np.ndarray) -> Prior:
+        """The previous stylized frame carried onto this one, with where to trust it."""
         if motion is None or motion.short is None:
-            # init 'previous' or 'content' without a temporal loss: no flow was computed.
-            ones = np.ones(previous.shape[:2], np.float32)
-            return [Prior(previous, ones)]
-        priors = [warp_prior(previous, motion.short, PRIOR_INTERPOLATION)]
-        if motion.long is not None and index - LONG_TERM_GAP >= self.shot_start:
-            older = self.history[-LONG_TERM_GAP][1]
-            priors.append(warp_prior(older, motion.long, PRIOR_INTERPOLATION))
-            priors = combine_long_term(priors)
-        return priors
+            # init 'previous' or 'content' without a temporal constraint: no flow was computed.
+            return Prior(previous, np.ones(previous.shape[:2], np.float32))
+        return warp_prior(previous, motion.short, PRIOR_INTERPOLATION)
 
     # ----------------------------------------------------------------- report
 
@@ -441,8 +444,19 @@ class FrameLoop:
                 "seconds_per_frame": seconds / self.computed if self.computed else 0.0,
                 "cold_frames": sum(1 for r in records if r["mode"] == "cold"),
                 "stylize_seconds": float(sum(r["seconds"] for r in records)),
+                "per_frame": [frame_figures(i, r) for i, r in enumerate(records)],
             },
         )
+
+
+def frame_figures(index: int, record: dict[str, Any]) -> dict[str, Any]:
+    """One frame's figures as `--json` lists them: its loss, iterations, whether it started
+    cold, and its loss over its shot's reference (the loss of the shot's cold frame; the
+    warm frames' stopping target is video.frame_target times it)."""
+    reference = record.get("reference")
+    return {"frame": index, "loss": record["loss"], "iterations": record["iterations"],
+            "cold": record["mode"] == "cold",
+            "quality": record["loss"] / reference if reference else None}
 
 
 def run_range(source: Path | video.InMemory, info: video.VideoInfo, size: tuple[int, int],

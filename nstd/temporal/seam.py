@@ -11,8 +11,10 @@ The seam pass (the default): once A and B are both done, the overlap frames are 
 more, in order, as warm frames chained from A's frame before the overlap (the usual temporal
 term towards the warped previous frame). Each starts from the cross-fade of A's and B's frame
 of its index and is pulled towards both by two more temporal terms whose weights split
-``video.temporal_weight`` as the cross-fade splits the pixels (`seam_frame`): the chain leaves
-A smoothly and arrives at B's texture by B's first own frame. Its frames are optimized, not
+`pull_weight` as the cross-fade splits the pixels (`seam_frame`): the chain leaves A
+smoothly and arrives at B's texture by B's first own frame. Unlike a unit's own warm frames
+these are not boxed (`nstd.temporal.bounds`): they must travel from one texture to the other
+within the overlap. Its frames are optimized, not
 mixtures, so their loss is a normal frame's (bench/seam.py, full-width net at 96 px, a slow
 pan, overlap 12: the worst seam pair 1.48x the median pair, 1.62x with overlap 8; loss 0.91x
 unsplit, against 1.71x for the cross-fade alone). Going from A's texture to B's raises each
@@ -35,25 +37,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The seam pass's pulls cost as much as the frame's reference loss (the loss of its shot's
+#: cold frame) at this root-mean-square deviation, in grey levels. So their balance with the
+#: style does not depend on the loss weights' scale.
+PULL_GREY_LEVELS = 1.0
+
+
+def pull_weight(reference: float | None) -> float:
+    """The weight of a seam pull (a mean squared deviation in [0, 1] units) for a frame whose
+    shot's reference loss is ``reference``; 0 when no reference is known."""
+    if reference is None or not reference > 0:
+        return 0.0
+    return reference / (PULL_GREY_LEVELS / 255.0) ** 2
+
 
 @dataclass(frozen=True)
 class SeamFrame:
     """How the seam pass remakes one overlap frame: optimized from ``start`` (the cross-fade
-    of A's and B's frames), with temporal terms towards each of ``pulls`` ((frame, weight):
-    A's frame with a falling weight, B's with a rising one) besides the usual one towards
-    the warped previous frame. Frames (H, W, 3) float32 in [0, 1]."""
+    of A's and B's frames), with temporal terms towards each of ``pulls`` ((frame, share of
+    `pull_weight`): A's frame with a falling share, B's with a rising one) besides the one
+    towards the warped previous frame. Frames (H, W, 3) float32 in [0, 1]."""
 
     start: np.ndarray
     pulls: tuple[tuple[np.ndarray, float], ...]
 
 
-def seam_frame(a: np.ndarray, b: np.ndarray, position: int, length: int,
-               temporal_weight: float) -> SeamFrame:
+def seam_frame(a: np.ndarray, b: np.ndarray, position: int, length: int) -> SeamFrame:
     """The seam pass's frame ``position`` of an overlap of ``length``: A's frame ``a``, B's
-    ``b``; the pulls split ``temporal_weight`` as the cross-fade splits the pixels."""
+    ``b``; the pulls' shares split as the cross-fade splits the pixels."""
     weight = (position + 1) / (length + 1)
-    return SeamFrame(crossfade(a, b, position, length),
-                     ((a, (1 - weight) * temporal_weight), (b, weight * temporal_weight)))
+    return SeamFrame(crossfade(a, b, position, length), ((a, 1 - weight), (b, weight)))
 
 
 def seam_frames(first: int, start: int, cuts: set[int]) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from nstd.testing.media import write_test_image
 DEFAULTS: dict[str, Any] = {
     "model": {"device": "cpu"},
     "style": {"max_side": 32, "iterations": 2, "coarse_iterations": 1, "min_scale_side": 16},
-    "video": {"frame_iterations": 1, "preset": "ultrafast", "long_term": False},
+    "video": {"frame_iterations": 1, "preset": "ultrafast"},
     # http: null: concurrent test daemons must not compete for the shipped port 8765.
     "daemon": {"settle_seconds": 0.2, "rescan_seconds": 30.0, "retry_backoff_seconds": 0.3,
                "max_attempts": 5, "http": None},

@@ -64,7 +64,7 @@ def run_split(source: Path, output: Path, work: Path, config: Config, stylizer: 
             chain_from, begin = seam_frames(unit.first, unit.start, cuts)
             length = unit.start - unit.first
             anchors = {t: seam_frame(store.load(t), store.load_side(t, "overlap"),
-                                     t - unit.first, length, config.video.temporal_weight)
+                                     t - unit.first, length)
                        for t in range(begin, unit.start)}
             known = {chain_from: (store.frame_bytes(chain_from), {"loss": 0.0})}
             rng = FrameRange(chain_from, int(plan["pts"][chain_from]), begin, begin,
@@ -133,3 +133,22 @@ def measure(source: Path, output: Path, stylizer: Any, target: Any, config: Any,
             "seam_max_ratio": max(seam) / median if seam else None,
             "seam_mean_ratio": float(np.mean(seam)) / median if seam else None,
             "mean_frame_loss": float(np.mean(losses))}
+
+
+def boundary_ratios(split: dict[str, Any], unsplit: dict[str, Any], units: list[Any]
+                    ) -> list[float]:
+    """Per unit boundary: the mean E_t of the pairs its seam touches in the split run over
+    the mean of the same pairs in the unsplit run (both from `measure` with the same seam
+    pairs)."""
+    import numpy as np
+
+    where = {t: i for i, t in enumerate(split["seam_pairs"])}
+    ratios = []
+    for unit in sorted(units, key=lambda u: u.first):
+        if unit.first >= unit.start:
+            continue
+        pairs = [where[t] for t in range(unit.first - 1, unit.start) if t in where
+                 and where[t] < len(split["seam_errors"])]
+        ratios.append(float(np.mean([split["seam_errors"][i] for i in pairs]))
+                      / max(float(np.mean([unsplit["seam_errors"][i] for i in pairs])), 1e-12))
+    return ratios

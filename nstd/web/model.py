@@ -89,6 +89,7 @@ def workers_of(supervisor: Any, now_mono: float) -> list[dict[str, Any]]:
             "done": slot.done if job is not None else None,
             "total": slot.total if job is not None else None,
             "eta_seconds": slot.eta if job is not None else None,
+            "frame_losses": slot.losses if job is not None else None,
         })
     return out
 
@@ -123,7 +124,7 @@ def snapshot(supervisor: Any, now: float | None = None,
             data.update(stage=w.get("stage"), done=w.get("done", job.progress_done),
                         total=w.get("total", job.progress_total),
                         eta_seconds=w.get("eta_seconds", job.eta_seconds),
-                        worker=w.get("name"))
+                        worker=w.get("name"), frame_losses=w.get("frame_losses"))
             backlog += data["eta_seconds"] or 0.0
             running.append(data)
         else:

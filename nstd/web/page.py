@@ -29,6 +29,7 @@ figcaption{font-size:12px;color:#666}progress{width:16em}
 table{border-collapse:collapse}td,th{padding:.2em .6em;text-align:left;border-bottom:1px solid #eee}
 .failed{color:#a00}.muted{color:#777}.paused{color:#a60;font-weight:bold}
 .results{display:flex;flex-wrap:wrap;gap:.6em}.results .pair img{max-width:128px;max-height:128px}
+svg.losses{display:block;margin:.3em 0}svg.losses polyline{fill:none;stroke:#36c;stroke-width:1.5}
 """
 
 SCRIPT = """
@@ -104,8 +105,27 @@ def running(data: dict[str, Any], preview_version: Any) -> str:
                    f'<span class="muted">({escape(job["style"])}, {worker}, '
                    f'attempt {job["attempts"]})</span><br>{bar}'
                    f'<span class="progress-text">{escape(where)}</span>'
+                   f'{sparkline(job.get("frame_losses"))}'
                    f'<div class="pair">{"".join(images)}</div></div>')
     return "".join(out)
+
+
+def sparkline(values: list[float] | None, width: int = 240, height: int = 40) -> str:
+    """An inline SVG of a video's frame loss over the frames so far (each point the mean of
+    an equal run of frames: `nstd.series.Series`), lowest and highest loss labelled; empty
+    for fewer than two points."""
+    if not values or len(values) < 2:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - (v - low) / span * (height - 4):.1f}"
+                      for i, v in enumerate(values))
+    return (f'<svg class="losses" width="{width}" height="{height}" role="img" '
+            f'aria-label="frame loss over the video so far, {low:.4g} to {high:.4g}">'
+            f'<title>frame loss: {low:.4g} to {high:.4g}</title>'
+            f'<polyline points="{points}"/></svg>'
+            f'<span class="muted">frame loss {low:.4g} … {high:.4g}</span>')
 
 
 def queue(data: dict[str, Any]) -> str:
