@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--clip", default="pan",
                         choices=("uniform", "stepped", "static", "pan", "zoom", "fast", "fade",
                                  "cuts"))
+    parser.add_argument("--variants", default="seam_pass,crossfade,hard_cut",
+                        help="which split runs beside the unsplit one")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -101,7 +103,9 @@ def main() -> int:
     run_job(request, stylizer)
     rows["unsplit"] = {"seconds": time.monotonic() - t0}
     split = {}
-    variants = (("seam_pass", "seam"), ("crossfade", True), ("hard_cut", False))
+    wanted = args.variants.split(",")
+    variants = tuple((name, fade) for name, fade in (("seam_pass", "seam"), ("crossfade", True),
+                                                     ("hard_cut", False)) if name in wanted)
     for name, fade in variants:
         t0 = time.monotonic()
         split = run_split(clip, folder / f"{name}.mp4", folder / f"w-{name}", config,

@@ -207,3 +207,21 @@ def test_json_lists_every_frame_and_agrees_with_the_summary(tmp_path: Path, styl
     assert np.mean([f["loss"] for f in frames]) == pytest.approx(data["mean_frame_loss"])
     assert sum(f["cold"] for f in frames) == data["cold_frames"] >= 2  # the cuts start cold
     assert all(f["quality"] == pytest.approx(1.0) for f in frames if f["cold"])
+
+
+def test_the_box_follows_a_fade_of_the_input():
+    """A fade darkens every input pixel by a fraction per frame: the box (and the start) move
+    with the input's change, or the output would stay bright within its 2 grey levels."""
+    from nstd.temporal.bounds import input_change
+
+    rng = np.random.default_rng(2)
+    previous_input = (rng.random((16, 16, 3)) * 100 + 120).astype(np.uint8)
+    current_input = (previous_input * 0.8).astype(np.uint8)
+    still = np.zeros((16, 16, 2), np.float32)
+    change = input_change(previous_input, current_input, still)
+    assert -0.16 < float(change.mean()) < -0.11  # 20 % of ~170 grey levels
+    stylized = rng.random((16, 16, 3)).astype(np.float32) * 0.3 + 0.5
+    start = np.clip(stylized + change, 0, 1)
+    lo, hi = prior_bounds(stylized, start, still, np.ones((16, 16), np.float32), 2.0, change)
+    assert (hi < stylized - 0.05).mean() > 0.9  # the old values are out of the box
+    assert ((lo <= start) & (start <= hi)).all()

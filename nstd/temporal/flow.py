@@ -310,14 +310,30 @@ def thumbnail(frame: np.ndarray) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(frame), size, interpolation=cv2.INTER_AREA)
 
 
+#: A change of mean brightness by more than this factor between two frames is a cut; less is
+#: what a fade does from one frame to the next (a 0.3 s fade to black: x0.6-0.86 per frame).
+MAX_FADE_STEP = 2.0
+
+
 def _colour_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Bhattacharyya distance in [0, 1] of hue-saturation and value histograms (max of both)."""
+    """Bhattacharyya distance in [0, 1] of hue-saturation and value histograms (max of both).
+
+    The value histograms are compared at a common mean brightness: a fade multiplies every
+    value by one factor, and raw value histograms scored 0.6-1.0 on every frame of a fade to
+    black (each frame then started cold, as after a cut). A jump of mean brightness by more
+    than `MAX_FADE_STEP` still counts as a cut (flat grey to light grey has no other cue).
+    """
     ha, hb = cv2.cvtColor(a, cv2.COLOR_RGB2HSV), cv2.cvtColor(b, cv2.COLOR_RGB2HSV)
-    dist = 0.0
-    for channels, bins, ranges in (([0, 1], [16, 8], [0, 180, 0, 256]), ([2], [16], [0, 256])):
-        h1 = cv2.calcHist([ha], channels, None, bins, ranges)
-        h2 = cv2.calcHist([hb], channels, None, bins, ranges)
-        dist = max(dist, float(cv2.compareHist(h1, h2, cv2.HISTCMP_BHATTACHARYYA)))
+    h1 = cv2.calcHist([ha], [0, 1], None, [16, 8], [0, 180, 0, 256])
+    h2 = cv2.calcHist([hb], [0, 1], None, [16, 8], [0, 180, 0, 256])
+    dist = float(cv2.compareHist(h1, h2, cv2.HISTCMP_BHATTACHARYYA))
+    va, vb = ha[..., 2].astype(np.float32), hb[..., 2].astype(np.float32)
+    ma, mb = float(va.mean()) + 1.0, float(vb.mean()) + 1.0
+    if max(ma / mb, mb / ma) > MAX_FADE_STEP:
+        return 1.0
+    v1 = cv2.calcHist([np.clip(va * (128.0 / ma), 0, 255)], [0], None, [16], [0, 256])
+    v2 = cv2.calcHist([np.clip(vb * (128.0 / mb), 0, 255)], [0], None, [16], [0, 256])
+    dist = max(dist, float(cv2.compareHist(v1, v2, cv2.HISTCMP_BHATTACHARYYA)))
     return min(1.0, max(0.0, dist))
 
 

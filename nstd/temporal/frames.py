@@ -52,7 +52,7 @@ from nstd.media import container as video
 from nstd.media import files as fsutil
 from nstd.progress import JobProgress
 from nstd.temporal import plan as planning
-from nstd.temporal.bounds import prior_bounds
+from nstd.temporal.bounds import input_change, prior_bounds
 from nstd.temporal.flow import FlowEstimator, Motion, Prior, estimate_motion, warp_prior
 from nstd.temporal.plan import output_size, plan_video
 from nstd.temporal.seam import SeamFrame, pull_weight
@@ -356,8 +356,13 @@ class FrameLoop:
                      "starting it cold", frame.index, 100 * float(motion.short.mask.mean()))
             cold = True
         if not cold:
-            previous = self.history[-1][1]
+            previous_input, previous = self.history[-1]
             prior = self._prior(motion, previous)
+            shift = None
+            if motion is not None and motion.short is not None:
+                # The start follows a fade or a change of light too (`input_change`).
+                shift = input_change(previous_input, frame.rgb, motion.short.flow_bw)
+                prior = Prior(np.clip(prior.warped + shift, 0.0, 1.0), prior.mask)
             mode = cfg.init
             if cfg.init == "warped":
                 init = to_tensor(prior.warped)
@@ -378,7 +383,7 @@ class FrameLoop:
             elif cfg.temporal_tolerance is not None and motion is not None \
                     and motion.short is not None:
                 lo, hi = prior_bounds(previous, prior.warped, motion.short.flow_bw, prior.mask,
-                                      cfg.temporal_tolerance)
+                                      cfg.temporal_tolerance, shift)
                 bounds = Bounds(to_tensor(lo), to_tensor(hi))
         target = None
         if not cold and cfg.frame_target > 0 and self.reference is not None:
