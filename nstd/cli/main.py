@@ -231,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # devnull so that the interpreter's final flush does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE  # as Python's documentation does (signal module, SIGPIPE)
+        # Exit 0: a reader that stops early (`| head -1`) is a normal end, and a script under
+        # `set -o pipefail` must not see a failure.
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if args.debug:
             traceback.print_exc()

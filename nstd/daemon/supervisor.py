@@ -196,6 +196,7 @@ class _Slot:
     done: int = 0
     total: int = 0
     eta: float | None = None
+    device: str | None = None  # what its "ready" event said (cpu, cuda:0, ray (...))
     last_write: float = float("-inf")
     last_renew: float = float("-inf")
     last_log: float = float("-inf")
@@ -614,7 +615,8 @@ class Supervisor:
         event = data.get("event")
         if event == "ready":
             slot.state, slot.since, slot.quick_deaths = "idle", mono, 0
-            log.info("%s ready (device %s)", slot.name, data.get("device"))
+            slot.device = str(data["device"]) if data.get("device") else None
+            log.info("%s ready (device %s)", slot.name, slot.device)
             return
         if event == "fatal":
             log.error("%s cannot run jobs: %s; stopping (fix it, then start nstd again)",
