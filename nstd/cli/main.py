@@ -211,9 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return code
     except ConfigError as exc:
-        for problem in exc.problems:
-            where = f"{exc.source}: " if exc.source else ""
-            print(f"nstd: config error: {where}{problem}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"nstd: config error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
         print(f"nstd: {exc}", file=sys.stderr)

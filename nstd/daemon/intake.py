@@ -199,14 +199,15 @@ def split_sidecar(data: Mapping[str, Any], name: str) -> tuple[str | None, dict[
     return (style if isinstance(style, str) else None), overrides
 
 
-def job_config(config: Config, settings: Mapping[str, Any], base_dir: Path) -> Config:
+def job_config(config: Config, settings: Mapping[str, Any], base_dir: Path,
+               origin: str | None = None) -> Config:
     """The daemon's config with one job's overrides, validated like config.yaml.
 
-    Raises ConfigError naming each bad key.
+    Raises ConfigError naming each bad key, and `origin` (the sidecar) as where it was set.
     """
     if not settings:
         return config
-    return merge_overrides(config, copy.deepcopy(dict(settings)), base_dir)
+    return merge_overrides(config, copy.deepcopy(dict(settings)), base_dir, origin)
 
 
 # --------------------------------------------------------------------------- the whole step
@@ -234,7 +235,8 @@ def decide(source: str, path: Path, config: Config) -> Intake:
             style = named or style
         # Validate now (the ledger stores the overrides): the merged config, and what the
         # job's kind needs from it (nstd.daemon.jobspec.check_job).
-        merged = job_config(config, settings, inbox)
+        merged = job_config(config, settings, inbox,
+                            f"sidecar {sidecar.name}" if sidecar else None)
         problems = check_job(merged, kind_of(path))
         if problems:
             raise ConfigError(problems, source=f"sidecar {sidecar.name}" if sidecar else
@@ -245,8 +247,7 @@ def decide(source: str, path: Path, config: Config) -> Intake:
             raise InputError(f"{path.name} is {size} bytes, more than limits.max_file_bytes "
                              f"({config.limits.max_file_bytes})")
     except ConfigError as exc:
-        where = exc.source or (f"sidecar {sidecar.name}" if sidecar else "settings")
-        reason = f"{where}: " + "; ".join(exc.problems)
+        reason = exc.reason(f"sidecar {sidecar.name}" if sidecar else "settings")
         return Intake(source, _printable(style), {}, sidecar, reason)
     except InputError as exc:
         return Intake(source, _printable(style), {}, sidecar, str(exc))

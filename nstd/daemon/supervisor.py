@@ -731,7 +731,7 @@ class Supervisor:
             if kind is None:
                 raise InputError(f"{path.name}: not an image or a video nstd can read")
         except ConfigError as exc:
-            self._fail(job, f"{exc.source or 'settings'}: " + "; ".join(exc.problems),
+            self._fail(job, exc.reason("settings"),
                        self._clock(), permanent=True)
             return None
         except InputError as exc:
