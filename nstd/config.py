@@ -14,7 +14,9 @@ that both agree).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -214,19 +216,24 @@ PATH_KEYS = ("inbox", "outbox", "work", "failed", "done", "styles", "state")
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_config(mapping: Mapping[str, Any] | None, base_dir: Path | None = None) -> Config:
+def parse_config(mapping: Mapping[str, Any] | None, base_dir: Path | None = None, *,
+                 origins: Mapping[str, str] | None = None,
+                 origin: str | None = None) -> Config:
     """Validate a mapping (as loaded from YAML) into a `Config`.
 
     Every problem is collected and reported together, each with its key path.
     With `base_dir`, relative daemon folders and weight/init paths are resolved against it.
+    `origins` maps key paths (``style``, ``style.max_side``) to where they were written (the
+    file, ``--set style.max_side=128``, a sidecar); `origin` is where the rest comes from.
+    Each problem of the raised `ConfigError` carries the origin of its key path.
     """
     mapping = {} if mapping is None else mapping
     problems: list[str] = []
     if not isinstance(mapping, Mapping):
-        raise ConfigError(["the top level must be a mapping of sections"])
+        raise ConfigError(["the top level must be a mapping of sections"], source=origin)
     for key in mapping:
         if key not in SECTIONS:
-            problems.append(f"{key}: unknown section (allowed: {', '.join(SECTIONS)})")
+            problems.append(f"{key}: unknown section{_suggest(str(key), list(SECTIONS))}")
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         raw = mapping.get(name, {})
@@ -236,12 +243,12 @@ def parse_config(mapping: Mapping[str, Any] | None, base_dir: Path | None = None
             problems.append(f"{name}: must be a mapping of keys, got {_show(raw)}")
             raw = {}
         sections[name] = _parse_section(name, cls, raw, problems)
+    if not problems:
+        config = Config(**sections)
+        _check_cross_field(config, problems)
     if problems:
-        raise ConfigError(problems)
-    config = Config(**sections)
-    _check_cross_field(config, problems)
-    if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, source=origin,
+                          origins=[origin_of(p, origins or {}) for p in problems])
     return resolve_paths(config, base_dir) if base_dir is not None else config
 
 
@@ -255,6 +262,31 @@ RETIRED_KEYS = {
 }
 
 
+def origin_of(problem: str, origins: Mapping[str, str]) -> str | None:
+    """Where the key path a problem starts with (``style.scales[1]: ...``) was written: the
+    origin of the longest known prefix of it (``style.scales``, then ``style``)."""
+    key = re.sub(r"\[\d+\]", "", problem.split(": ", 1)[0])
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:n]))
+        if found is not None:
+            return found
+    return None
+
+
+def _suggest(name: str, allowed: Sequence[str], prefix: str = "",
+             elsewhere: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``; did you mean style.max_side?`` for the nearest allowed name (a typo), or the
+    section that has this very key; else the list of what is allowed."""
+    homes = [section for section, keys in (elsewhere or {}).items() if name in keys]
+    if homes:
+        return f"; did you mean {homes[0]}.{name}?"
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    return f" (allowed: {', '.join(allowed)})"
+
+
 def _parse_section(name: str, cls: type, raw: Mapping[str, Any], problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -263,7 +295,10 @@ def _parse_section(name: str, cls: type, raw: Mapping[str, Any], problems: list[
         if f"{name}.{key}" in RETIRED_KEYS:
             problems.append(f"{name}.{key}: {RETIRED_KEYS[f'{name}.{key}']}")
         elif key not in fields:
-            problems.append(f"{name}.{key}: unknown key (allowed: {', '.join(fields)})")
+            elsewhere = {section: [f.name for f in dataclasses.fields(other)]
+                         for section, other in SECTIONS.items() if section != name}
+            problems.append(f"{name}.{key}: unknown key"
+                            f"{_suggest(str(key), list(fields), f'{name}.', elsewhere)}")
     for key, f in fields.items():
         if key not in raw:
             continue
@@ -445,8 +480,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_override(mapping: dict[str, Any], assignment: str) -> None:
-    """Apply one `section.key=value` override in place; the value is parsed as YAML."""
+def apply_override(mapping: dict[str, Any], assignment: str) -> str:
+    """Apply one `section.key=value` override in place (the value is parsed as YAML); return
+    its key path (``section.key``)."""
     key_path, sep, text = assignment.partition("=")
     parts = key_path.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
@@ -462,11 +498,17 @@ def apply_override(mapping: dict[str, Any], assignment: str) -> None:
             raise ConfigError([f"--set {key_path}: {part} is not a section"])
         node = child
     node[parts[-1]] = value
+    return ".".join(parts)
+
+
+#: An override: ``"section.key=value"`` (written ``--set section.key=value``), or such an
+#: assignment with the words that wrote it (``("model.weights=...", "--weights vgg.pth")``).
+Override = str | tuple[str, str]
 
 
 def load_config(
     path: Path | None = None,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[Override] = (),
     *,
     cwd: Path | None = None,
 ) -> Config:
@@ -474,24 +516,44 @@ def load_config(
 
     `path` None means `config.yaml` in the current folder if it exists, else built-in defaults.
     Relative paths in the file resolve against the file's folder (against `cwd` without a file).
+    A problem names where its key was written: the file, or the ``--set`` that set it.
     """
     cwd = cwd or Path.cwd()
     if path is None and (cwd / "config.yaml").is_file():
         path = cwd / "config.yaml"
     mapping: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
-    for assignment in overrides:
-        apply_override(mapping, assignment)
+    label = str(path) if path is not None else None
+    origins = key_origins(mapping, label) if label is not None else {}
+    for override in overrides:
+        assignment, words = (override, f"--set {override}") if isinstance(override, str) \
+            else override
+        key_path = apply_override(mapping, assignment)
+        origins[key_path] = words
+        parts = key_path.split(".")
+        for n in range(1, len(parts)):  # a section the override alone brought in
+            origins.setdefault(".".join(parts[:n]), words)
     base = path.parent.absolute() if path is not None else cwd
-    try:
-        return parse_config(mapping, base_dir=base)
-    except ConfigError as exc:
-        raise ConfigError(exc.problems, source=str(path) if path else None) from None
+    return parse_config(mapping, base_dir=base, origins=origins, origin=label)
 
 
-def merge_overrides(config: Config, mapping: Mapping[str, Any], base_dir: Path) -> Config:
+def key_origins(mapping: Mapping[Any, Any], origin: str) -> dict[str, str]:
+    """``{"style": origin, "style.max_side": origin, ...}`` for the sections and keys of a
+    mapping read from one place (a file, a sidecar)."""
+    origins: dict[str, str] = {}
+    for section, values in mapping.items():
+        origins[str(section)] = origin
+        if isinstance(values, Mapping):
+            for key in values:
+                origins[f"{section}.{key}"] = origin
+    return origins
+
+
+def merge_overrides(config: Config, mapping: Mapping[str, Any], base_dir: Path,
+                    origin: str | None = None) -> Config:
     """Return `config` with the sections/keys in `mapping` replaced (a job's sidecar).
 
-    The result is validated exactly like a config file; unknown keys are errors.
+    The result is validated exactly like a config file; unknown keys are errors, and every
+    problem names `origin` (``sidecar clip.mp4.yaml``): `config` itself was valid.
     """
     merged = to_mapping(config)
     for section, values in mapping.items():
@@ -499,7 +561,8 @@ def merge_overrides(config: Config, mapping: Mapping[str, Any], base_dir: Path) 
             merged[section] = {**merged[section], **values}
         else:
             merged[section] = values
-    return parse_config(merged, base_dir=base_dir)
+    origins = key_origins(mapping, origin) if origin is not None else None
+    return parse_config(merged, base_dir=base_dir, origins=origins, origin=origin)
 
 
 def to_mapping(config: Config) -> dict[str, Any]:

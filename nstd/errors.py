@@ -15,14 +15,37 @@ class NstdError(Exception):
 class ConfigError(NstdError):
     """The configuration (file, --set overrides or a sidecar) is invalid. Exit code 2.
 
-    `problems` lists every bad key path with what is allowed, one string each.
+    `problems` lists every bad key path with what is allowed, one string each. `origins` says
+    where each one was written (the config file, ``--set style.max_side=128``, ``sidecar
+    clip.mp4.yaml``; None where a problem has no origin of its own), and `source` is the
+    origin of those that have none. `lines()` joins each problem to its origin.
     """
 
-    def __init__(self, problems: list[str] | str, source: str | None = None) -> None:
+    def __init__(self, problems: list[str] | str, source: str | None = None,
+                 origins: list[str | None] | None = None) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(where + "; ".join(self.problems))
+        self.origins = list(origins) if origins is not None else [None] * len(self.problems)
+        if len(self.origins) != len(self.problems):
+            raise ValueError("ConfigError: one origin per problem")
+        super().__init__("; ".join(self.lines()))
+
+    def lines(self, default: str | None = None) -> list[str]:
+        """``<origin>: <problem>`` for each problem; `default` where neither the problem nor
+        the error knows its origin."""
+        out = []
+        for problem, origin in zip(self.problems, self.origins, strict=True):
+            where = origin or self.source or default
+            out.append(f"{where}: {problem}" if where else problem)
+        return out
+
+    def reason(self, default: str | None = None) -> str:
+        """All problems as one line (a failed job's reason): ``<origin>: a; b`` when they
+        share one origin, else each with its own."""
+        wheres = {origin or self.source or default for origin in self.origins}
+        if len(wheres) == 1 and (where := wheres.pop()):
+            return f"{where}: " + "; ".join(self.problems)
+        return "; ".join(self.lines(default))
 
 
 class UsageError(NstdError):

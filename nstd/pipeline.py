@@ -19,6 +19,7 @@ import torch
 from nstd.config import Config
 from nstd.engine.stylizer import Progress, StyleTarget, Stylizer
 from nstd.errors import InputError, OutputError, UsageError
+from nstd.eta import IterationEta
 from nstd.job import (
     Heartbeat,
     JobReport,
@@ -123,7 +124,8 @@ def stylize_image_file(
         content,
         target,
         init=load_init_image(request.config, content.shape[-2:]),
-        progress=_iteration_progress(progress, started, heartbeat),
+        progress=_iteration_progress(progress, started, heartbeat, IterationEta(
+            stylizer.plan(tuple(content.shape[-2:]), request.config.style.iterations))),
         should_stop=should_stop,
     )
     if progress is not None:
@@ -131,7 +133,7 @@ def stylize_image_file(
         # preserve_color's recombination) the last iteration's line would not be it.
         progress(JobProgress(done=result.iterations, total=result.iterations, unit="iteration",
                              elapsed=time.monotonic() - started, loss=result.final_loss,
-                             detail="done"))
+                             detail="done", remaining=0.0, modelled=True))
     images.write_image(request.output, to_array(result.image), alpha=alpha,
                        overwrite=request.overwrite)
     height, width = rgb.shape[:2]
@@ -161,8 +163,10 @@ def load_init_image(config: Config, size: torch.Size) -> torch.Tensor | None:
 
 
 def _iteration_progress(progress: ProgressCallback | None, started: float,
-                        heartbeat: Heartbeat | None) -> Callable[[Progress], None] | None:
-    """Adapt the engine's per-iteration progress to the job-level callback."""
+                        heartbeat: Heartbeat | None,
+                        eta: IterationEta) -> Callable[[Progress], None] | None:
+    """Adapt the engine's per-iteration progress to the job-level callback, with the ETA of
+    `eta` (the time per iteration measured at the current scale)."""
     if progress is None and heartbeat is None:
         return None
 
@@ -171,9 +175,12 @@ def _iteration_progress(progress: ProgressCallback | None, started: float,
             heartbeat()
         if progress is None:
             return
+        now = time.monotonic()
         progress(JobProgress(done=p.iteration, total=p.total, unit="iteration",
-                             elapsed=time.monotonic() - started, loss=p.loss,
+                             elapsed=now - started, loss=p.loss,
                              detail=f"scale {p.scale_index + 1}/{p.scale_count} "
-                                    f"{p.size[1]}x{p.size[0]}"))
+                                    f"{p.size[1]}x{p.size[0]}",
+                             remaining=eta.update(p.iteration, p.scale_index, now),
+                             modelled=True))
 
     return report

@@ -23,10 +23,17 @@ class JobProgress:
     loss: float | None = None
     detail: str = ""
     done_this_run: int | None = None  # units of `done` worked in this run (not resumed)
+    # From a cost model (`nstd.eta`): `modelled` = `remaining` is the ETA (None: unknown).
+    remaining: float | None = None
+    modelled: bool = False
 
     @property
     def eta(self) -> float | None:
-        """Seconds left, extrapolated from this run's rate; None before the first unit."""
+        """Seconds left: the cost model's figure when there is one (None: unknown), else
+        extrapolated from this run's rate (units of equal cost: the plan pass); None before
+        the first unit."""
+        if self.modelled:
+            return self.remaining
         worked = self.done if self.done_this_run is None else self.done_this_run
         if worked <= 0 or self.total <= 0:
             return None
@@ -34,9 +41,9 @@ class JobProgress:
 
 
 def format_duration(seconds: float | None) -> str:
-    """`1h02m`, `3m05s`, `12s`, or `?` when unknown."""
+    """`1h02m`, `3m05s`, `12s`, or `unknown` (None)."""
     if seconds is None:
-        return "?"
+        return "unknown"
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

@@ -72,3 +72,19 @@ def test_gpu_check_quick_dry_run_runs_every_step_and_writes_its_figures(tmp_path
     assert json.loads((out / "fps.json").read_text())["runs"]
     compare = json.loads((out / "compare.json").read_text())
     assert compare["weights_given"] is True and compare["weights"].endswith("vgg19-slim.pth")
+
+
+def test_eta_trace_sets_each_eta_beside_the_real_remaining_time(
+        tmp_path: Path, vgg_weights_path: Path, capsys: pytest.CaptureFixture) -> None:
+    eta_trace = load("eta_trace")
+    out = tmp_path / "eta.json"
+    assert eta_trace.main(["--weights", str(vgg_weights_path), "--size", "48x32", "--frames",
+                           "4", "--set", "style.iterations=4", "--set",
+                           "style.coarse_iterations=2", "--set", "style.min_scale_side=16",
+                           "--set", "video.frame_iterations=2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["done"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["eta_seconds"] is None  # the cold frame: the warm ones are not measured
+    assert all(r["eta_seconds"] is not None for r in rows[1:])
+    assert rows[-1]["real_remaining_seconds"] == 0
+    assert "unknown" in capsys.readouterr().out

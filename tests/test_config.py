@@ -133,3 +133,91 @@ def test_sidecar_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
 def test_to_mapping_round_trips() -> None:
     config = parse_config({"style": {"scales": [0.5, 1.0]}})
     assert parse_config(to_mapping(config)) == config
+
+
+# ------------------------------------------------------------- where a problem was written
+
+
+def config_file(folder: Path, text: str = "style:\n  max_side: 256\n") -> Path:
+    path = folder / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def cli_config_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
+    from nstd.cli.main import main
+
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("nstd: config error: ") for line in lines), lines
+    return [line.removeprefix("nstd: config error: ") for line in lines]
+
+
+def test_a_set_typo_names_the_set_and_the_nearest_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not the config file, which holds no such key: the --set as the user typed it."""
+    path = config_file(tmp_path)
+    errors = cli_config_errors(["check-config", "--config", str(path), "--set",
+                                "style.max_sid=128"], capsys)
+    assert errors == ["--set style.max_sid=128: style.max_sid: unknown key; "
+                      "did you mean style.max_side?"]
+
+
+def test_a_typo_in_the_file_names_the_file_and_the_nearest_key(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "style:\n  iteratons: 10\nstlye:\n  max_side: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["video.crf=20"])
+    assert sorted(info.value.lines()) == [
+        f"{path}: stlye: unknown section; did you mean style?",
+        f"{path}: style.iteratons: unknown key; did you mean style.iterations?",
+    ]
+
+
+def test_each_problem_names_its_own_origin(tmp_path: Path) -> None:
+    """One file problem, one --set problem, a section only an override brought in, and the
+    words of --device: every problem travels with where it was written."""
+    path = config_file(tmp_path, "video:\n  crf: 99\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["stlye.max_side=64", "style.iterations=-1",
+                           ("model.device=gpu", "--device gpu")])
+    assert sorted(info.value.lines()) == sorted([
+        f"{path}: video.crf: must be <= 51, got 99",
+        "--set stlye.max_side=64: stlye: unknown section; did you mean style?",
+        "--set style.iterations=-1: style.iterations: must be >= 0, got -1",
+        "--device gpu: model.device: must be auto, cpu, cuda or cuda:N, got 'gpu'",
+    ])
+
+
+def test_a_key_of_another_section_is_pointed_there() -> None:
+    problems = problems_of({"style": {"frame_iterations": 5}})
+    assert problems == ["style.frame_iterations: unknown key; did you mean "
+                        "video.frame_iterations?"]
+
+
+def test_nothing_near_lists_what_is_allowed() -> None:
+    (problem,) = problems_of({"style": {"zzz": 1}})
+    assert problem.startswith("style.zzz: unknown key (allowed: content_layer, ")
+
+
+def test_a_sidecar_typo_names_the_sidecar_and_the_nearest_key(tmp_path: Path) -> None:
+    from nstd.daemon.intake import take
+
+    config = parse_config({}, base_dir=tmp_path)
+    inbox = Path(config.daemon.inbox)
+    inbox.mkdir(parents=True)
+    styles = Path(config.daemon.styles)
+    styles.mkdir()
+    from nstd.testing.media import write_test_image
+
+    write_test_image(styles / "mosaic.png", size=(8, 8))
+    photo = write_test_image(inbox / "photo.png", size=(8, 8))
+    (inbox / "photo.png.yaml").write_text("style:\n  max_sid: 64\nvidoe:\n  crf: 20\n")
+    intake = take(inbox, photo, config)
+    assert intake.error == ("sidecar photo.png.yaml: vidoe: unknown section; did you mean "
+                            "video?; style.max_sid: unknown key; did you mean style.max_side?")
+
+
+def test_merge_overrides_names_the_origin_it_is_given(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        merge_overrides(Config.default(), {"video": {"crf": 70}}, tmp_path, "sidecar a.yaml")
+    assert info.value.lines() == ["sidecar a.yaml: video.crf: must be <= 51, got 70"]

@@ -606,7 +606,7 @@ def test_kill_9_at_every_point_then_restart_finishes_every_job_exactly_once(
     assert listing(site.done) == good
     if "bad.png" in dropped:
         assert listing(site.failed) == ["bad.png", "bad.png.error.txt"]
-        assert "not an image nstd can read" in (site.failed / "bad.png.error.txt").read_text()
+        assert "inbox/bad.png is not a PNG image" in (site.failed / "bad.png.error.txt").read_text()
     else:
         assert listing(site.failed) == []
     final = {**checksums(site.done), **checksums(site.failed)}

@@ -84,7 +84,18 @@ def test_no_network_is_transient_and_exits_1_saying_what_to_do(
     assert isinstance(info.value, TransientError)  # the worker reports it as such
     assert main(["weights", "fetch"]) == 1  # not 2: systemd's RestartPreventExitStatus
     err = capsys.readouterr().err
-    assert "tries again" in err and "--weights" in err and "Temporary failure" in err
+    assert "--weights" in err and "Temporary failure" in err
+
+
+def test_weights_fetch_without_network_says_what_to_do_now(
+        no_network: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A one-shot command: copy a weights file or pass --weights; not the daemon's words."""
+    assert main(["weights", "fetch"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "copy" in err and str(weights.default_weights_path()) in err
+    assert "--weights PATH" in err
+    assert "systemd" not in err and "later start" not in err and "tries again" not in err
 
 
 def test_a_download_that_is_wrong_is_not_transient(
@@ -311,7 +322,30 @@ def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
                             stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
                             env=env)
     os.close(write)
-    assert result.stderr == "" and result.returncode == 1, result.stderr
+    assert result.stderr == "" and result.returncode == 0, result.stderr
+
+
+def test_status_piped_into_head_exits_0_under_pipefail(tmp_path: Path) -> None:
+    """`set -o pipefail; nstd status | head -1`: a reader that stops early is a normal end.
+    The JSON of 3000 files waiting in the inbox is larger than a pipe's buffer, so nstd is
+    still writing when `head` leaves."""
+    config = write_config(tmp_path)
+    from nstd.daemon.ledger import Ledger, ledger_path
+
+    loaded = load_config(config)
+    Path(loaded.daemon.state).mkdir(parents=True)
+    Ledger.open(ledger_path(loaded.daemon.state)).close()
+    inbox = Path(loaded.daemon.inbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    for i in range(3000):
+        (inbox / f"waiting-photo-number-{i:05d}.jpg").write_bytes(b"\xff\xd8\xff")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nstd = f"{sys.executable} -m nstd status --config {config}"
+    for pipeline in (f"{nstd} | head -1", f"{nstd} --json | head -c 16"):
+        result = subprocess.run(["bash", "-c", f"set -o pipefail; {pipeline}"],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0 and result.stderr == "", (pipeline, result.stderr)
+        assert result.stdout, pipeline
 
 
 def test_plural() -> None:
@@ -376,3 +410,24 @@ def test_styles_lists_what_the_daemon_would_take(tmp_path: Path) -> None:
     (tmp_path / "styles").mkdir()
     _, found, problems = list_styles(config)
     assert found == [] and any("default_style" in p for p in problems)
+
+
+# --------------------------------------------------------------------------- the page's JSON
+
+
+def test_status_json_gives_the_busy_workers_device(tmp_path: Path) -> None:
+    """/api/status.json names the device the worker said it runs on ("ready"), also on a CPU
+    machine, where the worker's plan pins no CUDA device."""
+    from nstd.testing.stepped import SteppedSite
+    from nstd.web.model import snapshot
+
+    rig = SteppedSite(tmp_path)
+    seen: list[dict] = []
+    rig.action = lambda request, kwargs: seen.append(snapshot(rig.daemon)["workers"][0])
+    rig.start()
+    rig.queue_files("a.png")
+    rig.step()
+    assert rig.ran == ["a.png"]
+    busy = seen[0]
+    assert busy["state"] == "busy" and busy["source"] == "a.png"
+    assert busy["device"] == "inline"  # what nstd.daemon.worker.InlineWorker says at "ready"

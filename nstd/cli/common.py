@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nstd.config import Config, load_config
+from nstd.config import Config, Override, load_config
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,12 @@ class StopFlag:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = list(args.overrides)
+    overrides: list[Override] = list(args.overrides)
     if getattr(args, "weights", None):
-        overrides.append(f"model.weights={json.dumps(str(Path(args.weights).absolute()))}")
+        overrides.append((f"model.weights={json.dumps(str(Path(args.weights).absolute()))}",
+                          f"--weights {args.weights}"))
     if getattr(args, "device", None):
-        overrides.append(f"model.device={args.device}")
+        overrides.append((f"model.device={args.device}", f"--device {args.device}"))
     return load_config(args.config, overrides)
 
 

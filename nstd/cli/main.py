@@ -211,9 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return code
     except ConfigError as exc:
-        for problem in exc.problems:
-            where = f"{exc.source}: " if exc.source else ""
-            print(f"nstd: config error: {where}{problem}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"nstd: config error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
         print(f"nstd: {exc}", file=sys.stderr)
@@ -231,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # devnull so that the interpreter's final flush does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE  # as Python's documentation does (signal module, SIGPIPE)
+        # Exit 0: a reader that stops early (`| head -1`) is a normal end, and a script under
+        # `set -o pipefail` must not see a failure.
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if args.debug:
             traceback.print_exc()

@@ -33,6 +33,7 @@ from nstd.daemon.jobspec import check_job, kind_of
 from nstd.errors import ConfigError, InputError
 from nstd.media.files import open_regular
 from nstd.media.images import IMAGE_EXTENSIONS
+from nstd.media.signature import check_signature
 
 SIDECAR_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 SIDECAR_MAX_BYTES = 64 * 1024
@@ -57,6 +58,10 @@ class Intake:
     settings: dict[str, Any] = field(default_factory=dict)  # the sidecar's overrides
     sidecar: Path | None = None
     error: str | None = None
+    # The file itself is refused (its first bytes are not what its name says): like a file
+    # a worker found unreadable, it goes to failed/ only if it stays unchanged a while (a
+    # copy that paused is not a broken file).
+    unreadable: bool = False
 
 
 # --------------------------------------------------------------------------- paths
@@ -65,6 +70,12 @@ class Intake:
 def relative_source(inbox: Path, path: Path) -> str:
     """``inbox/a/b.png`` -> ``"a/b.png"`` (POSIX). ValueError when outside the inbox."""
     return PurePosixPath(*path.relative_to(inbox).parts).as_posix()
+
+
+def user_name(inbox: Path, source: str) -> str:
+    """The file as the user knows it, for messages: ``inbox/holiday.jpg`` (the inbox folder's
+    own name, then the inbox-relative path), never a path inside the daemon's work folder."""
+    return f"{inbox.name}/{source}"
 
 
 def folder_style(source: str) -> str | None:
@@ -199,14 +210,15 @@ def split_sidecar(data: Mapping[str, Any], name: str) -> tuple[str | None, dict[
     return (style if isinstance(style, str) else None), overrides
 
 
-def job_config(config: Config, settings: Mapping[str, Any], base_dir: Path) -> Config:
+def job_config(config: Config, settings: Mapping[str, Any], base_dir: Path,
+               origin: str | None = None) -> Config:
     """The daemon's config with one job's overrides, validated like config.yaml.
 
-    Raises ConfigError naming each bad key.
+    Raises ConfigError naming each bad key, and `origin` (the sidecar) as where it was set.
     """
     if not settings:
         return config
-    return merge_overrides(config, copy.deepcopy(dict(settings)), base_dir)
+    return merge_overrides(config, copy.deepcopy(dict(settings)), base_dir, origin)
 
 
 # --------------------------------------------------------------------------- the whole step
@@ -234,7 +246,8 @@ def decide(source: str, path: Path, config: Config) -> Intake:
             style = named or style
         # Validate now (the ledger stores the overrides): the merged config, and what the
         # job's kind needs from it (nstd.daemon.jobspec.check_job).
-        merged = job_config(config, settings, inbox)
+        merged = job_config(config, settings, inbox,
+                            f"sidecar {sidecar.name}" if sidecar else None)
         problems = check_job(merged, kind_of(path))
         if problems:
             raise ConfigError(problems, source=f"sidecar {sidecar.name}" if sidecar else
@@ -245,13 +258,19 @@ def decide(source: str, path: Path, config: Config) -> Intake:
             raise InputError(f"{path.name} is {size} bytes, more than limits.max_file_bytes "
                              f"({config.limits.max_file_bytes})")
     except ConfigError as exc:
-        where = exc.source or (f"sidecar {sidecar.name}" if sidecar else "settings")
-        reason = f"{where}: " + "; ".join(exc.problems)
+        reason = exc.reason(f"sidecar {sidecar.name}" if sidecar else "settings")
         return Intake(source, _printable(style), {}, sidecar, reason)
     except InputError as exc:
         return Intake(source, _printable(style), {}, sidecar, str(exc))
     except OSError as exc:  # the file vanished or became unreadable meanwhile
         return Intake(source, _printable(style), {}, sidecar,
+                      f"cannot read {path.name}: {exc.strerror or exc}")
+    try:  # 16 bytes: a text file named .jpg never takes a worker's turn
+        check_signature(path, user_name(inbox, source))
+    except InputError as exc:
+        return Intake(source, style, settings, sidecar, str(exc), unreadable=True)
+    except OSError as exc:
+        return Intake(source, style, settings, sidecar,
                       f"cannot read {path.name}: {exc.strerror or exc}")
     return Intake(source, style, settings, sidecar)
 

@@ -58,7 +58,14 @@ from nstd.config import Config, to_mapping
 from nstd.daemon import outcome
 from nstd.daemon.arrivals import new_arrivals
 from nstd.daemon.hooks import Event, Hooks
-from nstd.daemon.intake import job_config, relative_source, resolve_style, style_label, take
+from nstd.daemon.intake import (
+    job_config,
+    relative_source,
+    resolve_style,
+    style_label,
+    take,
+    user_name,
+)
 from nstd.daemon.jobspec import INPUT_FOLDER, STORE_FOLDER, JobSpec, check_job, kind_of, link_source
 from nstd.daemon.ledger import Job, Ledger, content_key
 from nstd.daemon.notify import SystemdNotifier, watchdog_interval
@@ -197,6 +204,7 @@ class _Slot:
     total: int = 0
     eta: float | None = None
     losses: list[float] | None = None  # a video's frame losses so far, summarized (page)
+    device: str | None = None  # what its "ready" event said (cpu, cuda:0, ray (...))
     last_write: float = float("-inf")
     last_renew: float = float("-inf")
     last_log: float = float("-inf")
@@ -615,7 +623,8 @@ class Supervisor:
         event = data.get("event")
         if event == "ready":
             slot.state, slot.since, slot.quick_deaths = "idle", mono, 0
-            log.info("%s ready (device %s)", slot.name, data.get("device"))
+            slot.device = str(data["device"]) if data.get("device") else None
+            log.info("%s ready (device %s)", slot.name, slot.device)
             return
         if event == "fatal":
             log.error("%s cannot run jobs: %s; stopping (fix it, then start nstd again)",
@@ -633,12 +642,16 @@ class Supervisor:
             if event == "progress":
                 self._progress(slot, data, mono)
             return
+        spec = slot.spec
         slot.state, slot.since, slot.job, slot.spec = "idle", mono, None, None
         try:
             if event == "published":
                 self._complete(job, Path(data.get("output") or ""), str(data.get("summary")))
             elif event == "failed":
-                self._failed(job, str(data.get("kind")), str(data.get("reason")), now, mono)
+                reason = str(data.get("reason"))
+                if spec is not None:  # the user's name for the file, not the linked copy's
+                    reason = reason.replace(spec.source, user_name(self.inbox, job.source))
+                self._failed(job, str(data.get("kind")), reason, now, mono)
         except sqlite3.Error:
             if self._stranded is None:
                 self._stranded = job.id
@@ -733,7 +746,7 @@ class Supervisor:
             if kind is None:
                 raise InputError(f"{path.name}: not an image or a video nstd can read")
         except ConfigError as exc:
-            self._fail(job, f"{exc.source or 'settings'}: " + "; ".join(exc.problems),
+            self._fail(job, exc.reason("settings"),
                        self._clock(), permanent=True)
             return None
         except InputError as exc:
@@ -818,7 +831,7 @@ class Supervisor:
                 job = self.ledger.get(job_id)
                 if job is not None and job.state == "failed" and \
                         outcome.source_changed(path, job.content_key) is None:
-                    self._finish_failed(job, path, now)
+                    self._finish_failed(job, path, now, said=True)
                     self._announce_failed(job, job.finished or now)
                 else:  # it changed: a copy that paused; its new bytes are a new job
                     self.tracker.observe(path, mono)
@@ -926,9 +939,9 @@ class Supervisor:
         if job is None:
             self._already_known(path, rel, key)
             return
-        if intake.error is not None:
-            log.info("queued %s (style %s)", rel, intake.style)
-            self._fail(job, intake.error, now, permanent=True, settings=intake.settings)
+        if intake.error is not None:  # refused at the door: no worker's turn is spent on it
+            self._fail(job, intake.error, now, permanent=True, settings=intake.settings,
+                       hold=intake.unreadable, refused=True)
             return
         extra = f", sidecar {intake.sidecar.name}" if intake.sidecar else ""
         log.info("queued %s (job %d, style %s%s)", rel, job.id, intake.style, extra)
@@ -943,9 +956,11 @@ class Supervisor:
         log.info("%s was already done (%s); %s", rel, job.output, what)
         self._forget_path(path)
 
-    def _finish_failed(self, job: Job, path: Path, now: float) -> None:
+    def _finish_failed(self, job: Job, path: Path, now: float, *, said: bool = False) -> None:
         """The job failed but its source is still here, untouched since: we were killed
-        between marking it failed and moving it. Finish that move now."""
+        between marking it failed and moving it, or (``said``: its failure is in the log
+        already) it was held for a while in case it was a copy still in progress. Finish
+        that move now."""
         try:
             config = job_config(self.config, job.settings, self.inbox)
         except ConfigError:
@@ -953,7 +968,10 @@ class Supervisor:
         reason = job.error or "failed"
         moved = outcome.fail_source(path, job, reason, config, job.settings,
                                     job.finished or now)
-        log.info("%s had already failed (%s); moved to %s", job.source, reason, moved)
+        if said:
+            log.info("%s: moved to %s", job.source, moved)
+        else:
+            log.info("%s had already failed (%s); moved to %s", job.source, reason, moved)
         self._forget_path(path)
 
     def _remember(self, path: Path, sig: tuple[int, int]) -> None:
@@ -1016,10 +1034,12 @@ class Supervisor:
         self._fail(job, reason, self._clock(), permanent=False)
 
     def _fail(self, job: Job, reason: str, now: float, *, permanent: bool,
-              settings: dict[str, Any] | None = None, hold: bool = False) -> None:
+              settings: dict[str, Any] | None = None, hold: bool = False,
+              refused: bool = False) -> None:
         """Record a failed attempt; when the job is failed for good, move its source to
         failed/ (``hold``: not yet; the file is looked at again after a while, and moved
-        then only if it has not changed: a copy that paused is not a broken file)."""
+        then only if it has not changed: a copy that paused is not a broken file).
+        ``refused``: at intake, before any attempt (logged as such)."""
         d = self.config.daemon
         # The linked source goes first (it is taken again at the next claim): unlinking it
         # changes the source's ctime, which must stay older than the failure's time (see
@@ -1040,15 +1060,17 @@ class Supervisor:
             log.warning("attempt %d of %s failed: %s; retrying in %s", updated.attempts,
                         job.source, reason, format_duration(updated.not_before - now))
             return
-        log.error("failed %s after %s: %s", job.source, plural(updated.attempts, "attempt"),
-                  reason)
+        if refused:
+            log.error("refused %s: %s", job.source, reason)
+        else:
+            log.error("failed %s after %s: %s", job.source,
+                      plural(updated.attempts, "attempt"), reason)
         if not hold:  # a held file is announced once it goes to failed/ (see _intake)
             self._announce_failed(updated, now)
         failpoint("daemon.failed_marked")
         path = self.inbox / job.source
         shutil.rmtree(self.work / str(job.id), ignore_errors=True)
-        if hold:
-            self._forget_path(path)
+        if hold:  # still known: a rescan must not notice it (and log it) again meanwhile
             self._recheck.append((self._mono() + INPUT_HOLD_SETTLES * d.settle_seconds, path,
                                   job.id))
             return

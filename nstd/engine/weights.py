@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 DEFAULT_WEIGHTS_NAME = "torchvision VGG19_Weights.IMAGENET1K_V1"
 
+_FIX_NO_NETWORK = (
+    "without network, copy a VGG-19 weights file here: run `nstd weights fetch` on a machine "
+    "with network and copy the file it names to {path}, or pass --weights PATH (any "
+    "torchvision VGG-19 state dict; model.weights in config.yaml)"
+)
 _FIX_OFFLINE = (
     "run `nstd weights fetch` on a machine with network and copy the file to {path}, "
     "or set model.weights (--weights) to a local VGG-19 state dict"
@@ -128,10 +133,10 @@ def _download(file: Path) -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         what = f"cannot download {DEFAULT_WEIGHTS_NAME} from {DEFAULT_WEIGHTS_URL} ({reason[:120]})"
         if isinstance(exc, OSError):  # URLError, timeouts, refused connections: no network now
-            raise WeightsUnavailableError(
-                f"{what}; nothing to fix if the network is only down for now: a later start "
-                "tries again (the systemd unit restarts nstd), or "
-                + _FIX_OFFLINE.format(path=file)) from None
+            # Said for a one-shot command (`nstd weights fetch`, `nstd stylize`): what to do
+            # now. The daemon adds its own words (a later start tries again).
+            raise WeightsUnavailableError(f"{what}; " + _FIX_NO_NETWORK.format(path=file)) \
+                from None
         raise WeightsError(f"{what}; " + _FIX_OFFLINE.format(path=file)) from None
 
 

@@ -52,6 +52,7 @@ import numpy as np
 from nstd.errors import InputError, OutputError, TransientError, UsageError
 from nstd.media import files as fsutil
 from nstd.media.images import check_pixels
+from nstd.media.signature import container_format
 from nstd.text import plural
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", "
 #: Output extensions VideoWriter accepts (H.264 can live in these), and their muxers.
 _OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 _MP4_LIKE = ("mp4", "mov")
-_QT_ATOMS = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 #: How many packets may pass without a decoded frame before a stream counts as undecodable.
 _FIRST_FRAME_PACKET_LIMIT = 300
 
@@ -189,13 +189,7 @@ def _sniff_container(path: Path | InMemory) -> str | None:
     else:
         with open(path, "rb") as handle:
             head = handle.read(12)
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "matroska"
-    if head[4:8] in _QT_ATOMS:
-        return "mov"
-    if head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"):
-        return "avi"
-    return None
+    return container_format(head)
 
 
 def _check_file(path: Path | InMemory, max_file_bytes: int | None = None) -> int:

@@ -39,6 +39,7 @@ import torch
 
 from nstd.engine.stylizer import Bounds, StyleTarget, Stylizer, TemporalTerm
 from nstd.errors import InputError, Interrupted, OutputError
+from nstd.eta import FrameEta
 from nstd.job import (
     Heartbeat,
     JobReport,
@@ -234,6 +235,7 @@ class FrameLoop:
         self.reference: float | None = None
         self.computed = 0
         self.started = time.monotonic()
+        self.eta = FrameEta(frame_count, cold_frames, self.started)
 
     # ----------------------------------------------------------------- frames in
 
@@ -289,6 +291,7 @@ class FrameLoop:
         self.cold_frames = self.cold_frames | set(rng.cold)
         self.shot_start = rng.decode_from
         self.overlap_before = rng.start
+        self.eta = FrameEta(rng.stop, self.cold_frames, time.monotonic(), rng.decode_from)
         decoder = Prefetch(self._frames(info, rng), depth=4, name="decode")
         flows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow")
         try:
@@ -324,6 +327,7 @@ class FrameLoop:
             # A resumed chain continues with the quality its shot was made to.
             self.reference = record.get("reference", self.reference)
             sink(StylizedFrame(index, out, None, frame.pts))
+            self.eta.loaded(index, time.monotonic())
         else:
             if self.should_stop():
                 raise Interrupted(f"stopped before frame {index + 1} of {self.frame_count}; "
@@ -331,6 +335,7 @@ class FrameLoop:
             out, record = self._stylize(frame, motion.result() if motion else None)
             sink(StylizedFrame(index, out, record, frame.pts, index < self.overlap_before))
             self.computed += 1
+            self.eta.computed(index, record["mode"] == "cold", time.monotonic())
         if index in self.cold_frames:
             self.shot_start = index
         self.history.append((frame.rgb, out))
@@ -339,7 +344,8 @@ class FrameLoop:
             self.progress(JobProgress(done=index + 1, total=self.frame_count, unit="frame",
                                       elapsed=time.monotonic() - self.started,
                                       loss=record["loss"], done_this_run=self.computed,
-                                      detail=record["mode"]))
+                                      detail=record["mode"], remaining=self.eta.remaining(),
+                                      modelled=True))
 
     def _stylize(self, frame: video.Frame,
                  motion: FrameMotion | None) -> tuple[np.ndarray, dict[str, Any]]:

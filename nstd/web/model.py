@@ -81,7 +81,8 @@ def workers_of(supervisor: Any, now_mono: float) -> list[dict[str, Any]]:
         handle = slot.handle
         out.append({
             "name": slot.name, "state": slot.state, "pid": getattr(handle, "pid", None),
-            "device": getattr(slot.plan, "device", None),
+            # What the worker said it runs on; its plan names only a pinned CUDA device.
+            "device": getattr(slot, "device", None) or getattr(slot.plan, "device", None),
             "since_seconds": round(max(0.0, now_mono - slot.since), 1),
             "job": job.id if job is not None else None,
             "source": job.source if job is not None else None,
