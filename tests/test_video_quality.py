@@ -207,6 +207,7 @@ def test_json_lists_every_frame_and_agrees_with_the_summary(tmp_path: Path, styl
     assert np.mean([f["loss"] for f in frames]) == pytest.approx(data["mean_frame_loss"])
     assert sum(f["cold"] for f in frames) == data["cold_frames"] >= 2  # the cuts start cold
     assert all(f["quality"] == pytest.approx(1.0) for f in frames if f["cold"])
+    assert data["worst_frame_quality"] == max(f["quality"] for f in frames)
 
 
 def test_the_box_follows_a_fade_of_the_input():

@@ -442,6 +442,7 @@ class FrameLoop:
         losses = {k: float(np.mean([r["losses"].get(k, 0.0) for r in records])) for k in terms}
         seconds = time.monotonic() - self.started
         iterations = int(sum(r["iterations"] for r in records))
+        figures = [frame_figures(i, r) for i, r in enumerate(records)]
         h, w = self.size[1], self.size[0]
         return JobReport(
             kind="video", output=self.request.output, seconds=seconds, iterations=iterations,
@@ -455,7 +456,10 @@ class FrameLoop:
                 "seconds_per_frame": seconds / self.computed if self.computed else 0.0,
                 "cold_frames": sum(1 for r in records if r["mode"] == "cold"),
                 "stylize_seconds": float(sum(r["seconds"] for r in records)),
-                "per_frame": [frame_figures(i, r) for i, r in enumerate(records)],
+                "per_frame": figures,
+                # The frame furthest from its shot's quality (loss over the reference).
+                "worst_frame_quality": max((f["quality"] for f in figures
+                                            if f["quality"] is not None), default=None),
             },
         )
 
