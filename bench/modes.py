@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 style["max_side"] = size
                 style.setdefault("iterations", 100)
                 style.setdefault("coarse_iterations", 50)
-                if stylizer is None:  # one network for every run: the loss settings are shared
-                    config = parse_config(mapping)
+                config = parse_config(mapping)
+                if stylizer is None or stylizer.style != config.style:  # a mode may change it
                     stylizer = build_stylizer(config.model, config.style)
                 rows[name] = run_mode(clip, args.out / f"{key}-{name}.mp4", args.style,
                                       mapping, stylizer)
