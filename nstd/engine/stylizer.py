@@ -49,7 +49,15 @@ from torch import Tensor
 from nstd.config import ModelConfig, StyleConfig
 from nstd.engine.features import VGGFeatures
 from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.engine.memory import (
+    activation_bytes_per_pixel,
+    core_side_for,
+    image_state_bytes_per_pixel,
+    resolve_budget,
+)
 from nstd.engine.optim import BoxLBFGS
+from nstd.engine.tiled import NetworkLoss, StyleRegion, tiled_features, tiled_grams, tiled_terms
+from nstd.engine.tiling import Tile, plan_tiles
 from nstd.engine.weights import load_vgg19_state_dict
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
 from nstd.text import plural
@@ -203,6 +211,9 @@ class _Problem:
     grams: dict[str, Tensor]  # blended style Grams
     temporal: list[tuple[Tensor, Tensor, float]]  # (target, mask, weight) at this size
     chroma_source: Tensor  # content RGB at this size (colour recombination)
+    # Set when the network terms go through nstd.engine.tiled (tiles, or style masks):
+    network: NetworkLoss | None = None
+    tiles: tuple[Tile, ...] = ()  # more than one: evaluated tile by tile
 
 
 class _Tracker:
@@ -312,12 +323,21 @@ class Stylizer:
         compile_network: run the network through `torch.compile` (fused elementwise work,
             fewer kernel launches; each new image size compiles once, so the first frames
             are slower). Meant for CUDA; model.compile turns it on there.
+        max_memory_gb: memory one optimization may use beyond the network (GiB, or 'auto':
+            `auto_memory_share` of the free CUDA memory or available RAM; see
+            `nstd.engine.memory`). When an image's activations would not fit, the content
+            and style terms are evaluated tile by tile, exactly (`nstd.engine.tiled`).
+            None: never tile.
+        tile_side: tile core side in pixels, whatever the budget (tests, benchmarks, and the
+            retry after running out of memory); None: chosen from the budget.
     """
 
     def __init__(self, features: VGGFeatures, style: StyleConfig, device: torch.device,
                  precision: str = "fp32", channels_last: bool = False,
                  sync_every: int = 1, lag: int | None = None,
-                 compile_network: bool = False) -> None:
+                 compile_network: bool = False,
+                 max_memory_gb: float | str | None = None, auto_memory_share: float = 0.5,
+                 tile_side: int | None = None) -> None:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"model.precision: must be fp32 or bf16, got {precision!r}")
         needed = [style.content_layer, *style.style_layers]
@@ -329,6 +349,14 @@ class Stylizer:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         if lag is not None and lag < 0:
             raise ValueError(f"lag must be >= 0, got {lag}")
+        if tile_side is not None and tile_side < 1:
+            raise ValueError(f"tile_side must be >= 1 or None, got {tile_side}")
+        if not 0 < auto_memory_share <= 1:
+            raise ConfigError(f"model.auto_memory_share: must be in (0, 1], got "
+                              f"{auto_memory_share}")
+        self.max_memory_gb = max_memory_gb
+        self.auto_memory_share = auto_memory_share
+        self.tile_side = tile_side
         self.device = torch.device(device)
         self.style = style
         self.precision = precision
@@ -352,6 +380,7 @@ class Stylizer:
             # size): let cuDNN time its algorithms once per shape and keep the fastest.
             torch.backends.cudnn.benchmark = True
         self._style_weights = {k: float(v) for k, v in style.style_layers.items() if v != 0}
+        self._layers = tuple(dict.fromkeys([style.content_layer, *self._style_weights]))
         self._token = object()
 
     # ----------------------------------------------------------------- style targets
@@ -395,14 +424,46 @@ class Stylizer:
                 if weight == 0:
                     continue
                 prepared = self._prepare_style_image(image, long_side, stats)
-                feats = self._forward(prepared)
+                grams = self._image_grams(prepared)
                 for layer in self._style_weights:
-                    gram = weight * gram_matrix(feats[layer])
+                    gram = weight * grams[layer]
                     blended[layer] = gram if layer not in blended else blended[layer] + gram
         target._cache[key] = blended
         while len(target._cache) > _GRAM_CACHE_SIZE:
             target._cache.popitem(last=False)
         return blended
+
+    def _image_grams(self, rgb: Tensor) -> dict[str, Tensor]:
+        """Normalized Grams (1, C, C) of rgb (1, 3, h, w) in [0, 1] for the style layers;
+        tile by tile when the image is too large for the memory budget."""
+        if not self._style_weights:
+            return {}
+        tiles = self.tiles((int(rgb.shape[-2]), int(rgb.shape[-1])))
+        if len(tiles) > 1:
+            return tiled_grams(self._forward, rgb, tuple(self._style_weights), tiles)
+        feats = self._forward(rgb)
+        return {layer: gram_matrix(feats[layer]) for layer in self._style_weights}
+
+    def tiles(self, size: tuple[int, int]) -> tuple[Tile, ...]:
+        """The tiles an image of `size` (H, W) is evaluated by (one: the whole image).
+
+        From `tile_side` when set, else from the memory budget (`nstd.engine.memory`):
+        tiles only when the whole image's activations would not fit.
+        """
+        layers = self._layers
+        core = self.tile_side
+        if core is None:
+            budget = resolve_budget(self.max_memory_gb, self.auto_memory_share, self.device)
+            if budget is None:
+                return (Tile((0, size[0], 0, size[1]), (0, size[0], 0, size[1])),)
+            channels = 1 if self.style.preserve_color else 3
+            history = self.style.lbfgs_history if self.style.optimizer == "lbfgs" else 0
+            core = core_side_for(budget, size,
+                                 activation_bytes_per_pixel(self.features, layers),
+                                 image_state_bytes_per_pixel(channels, history), layers)
+            if core is None:
+                return (Tile((0, size[0], 0, size[1]), (0, size[0], 0, size[1])),)
+        return tuple(plan_tiles(size, core, layers))
 
     def _prepare_style_image(self, image: Tensor, long_side: int,
                              stats: tuple[float, float] | None) -> Tensor:
@@ -446,20 +507,32 @@ class Stylizer:
         """Weighted loss terms of image x (1, C, H, W), C = 1 (luminance) or 3: content,
         style, tv[, temporal]. Each is a float32 scalar."""
         s = self.style
-        feats = self._forward(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
         zero = x.new_zeros(())
         terms = [
-            s.content_weight * content_loss(feats[s.content_layer], problem.content)
-            if s.content_weight else zero,
-            s.style_weight * style_loss({k: gram_matrix(feats[k]) for k in self._style_weights},
-                                        problem.grams, self._style_weights)
-            if s.style_weight and self._style_weights else zero,
+            *self._network_terms(problem, x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x),
             s.tv_weight * tv_loss(x) if s.tv_weight else zero,
         ]
         if problem.temporal:
             terms.append(sum((w * temporal_loss(x, t, m) for t, m, w in problem.temporal),
                              start=zero))
         return terms
+
+    def _network_terms(self, problem: _Problem, rgb: Tensor) -> list[Tensor]:
+        """Weighted content and style terms of rgb (1, 3, H, W) float in [0, 1]: in one
+        pass, or through `nstd.engine.tiled` (tiles, masks) with the same value and gradient.
+        Image-space terms (tv, temporal) stay on the whole image in `_terms`."""
+        if problem.network is not None:
+            return list(tiled_terms(self._forward, problem.network, rgb, problem.tiles))
+        s = self.style
+        feats = self._forward(rgb)
+        zero = rgb.new_zeros(())
+        return [
+            s.content_weight * content_loss(feats[s.content_layer], problem.content)
+            if s.content_weight else zero,
+            s.style_weight * style_loss({k: gram_matrix(feats[k]) for k in self._style_weights},
+                                        problem.grams, self._style_weights)
+            if s.style_weight and self._style_weights else zero,
+        ]
 
     def _problem(self, content: Tensor, target: StyleTarget,
                  temporal: Sequence[TemporalTerm], size: tuple[int, int]) -> _Problem:
@@ -472,8 +545,14 @@ class Stylizer:
             # Rounded so that a static scene hits the Gram cache frame after frame.
             mean, std = torch.stack([x.mean(), x.std()]).tolist()
             stats = (round(mean, 4), round(std, 4))
-        with torch.no_grad():
-            content_feats = self._forward(x.expand(-1, 3, -1, -1))[self.style.content_layer]
+        tiles = self.tiles(size)
+        rgb_in = x.expand(-1, 3, -1, -1)
+        if len(tiles) > 1:
+            content_feats = tiled_features(self._forward, rgb_in, self.style.content_layer,
+                                           tiles)
+        else:
+            with torch.no_grad():
+                content_feats = self._forward(rgb_in)[self.style.content_layer]
         terms = []
         for term in temporal:
             t = _resize(term.target.to(self.device, torch.float32), size)
@@ -481,7 +560,17 @@ class Stylizer:
             terms.append((luminance(t) if self.style.preserve_color else t, m,
                           float(term.weight)))
         grams = self._style_grams(target, size, stats)
-        return _Problem(tuple(size), content_feats.detach(), grams, terms, rgb)
+        problem = _Problem(tuple(size), content_feats.detach(), grams, terms, rgb)
+        if len(tiles) > 1:
+            problem.tiles = tiles
+            problem.network = self._network_loss(problem.content, [StyleRegion(grams, None, 1.0)])
+        return problem
+
+    def _network_loss(self, content: Tensor, regions: list[StyleRegion]) -> NetworkLoss:
+        s = self.style
+        return NetworkLoss(s.content_layer, content, s.content_weight,
+                           self._style_weights if s.style_weight else {}, s.style_weight,
+                           regions)
 
     # ----------------------------------------------------------------- running
 
@@ -518,7 +607,8 @@ class Stylizer:
         except torch.cuda.OutOfMemoryError:
             h, w = content.shape[-2:]
             raise OutOfMemoryError(f"out of GPU memory stylizing {w}x{h}; "
-                                   "retry at a smaller size (style.max_side)") from None
+                                   "retry with a smaller model.max_memory_gb (smaller tiles)"
+                                   ) from None
 
     def _check_run_args(self, content: Tensor, target: StyleTarget, init: Tensor | None,
                         temporal: Sequence[TemporalTerm]) -> None:
