@@ -10,6 +10,7 @@ goes out through a callback, and errors are `nstd.errors` classes with one-line 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,9 +95,13 @@ def load_style_target(stylizer: Stylizer, request: JobRequest) -> StyleTarget:
         raise UsageError(f"{len(request.styles)} style images but {len(request.blend)} "
                          "--style-weights; give one weight per style")
     tensors = []
+    style = request.config.style
+    # The engine never uses a style image larger than style_scale times the output's side.
+    style_side = max(16, math.ceil(style.style_scale * style.max_side))
     for path in request.styles:
         try:
-            loaded = images.read_image(path, request.config.limits.max_pixels)
+            loaded = images.read_image(path, request.config.limits.max_pixels,
+                                       max_side=style_side)
         except InputError as exc:
             raise InputError(f"style image {exc}") from None
         tensors.append(to_tensor(loaded.rgb))
@@ -111,7 +116,10 @@ def stylize_image_file(
     should_stop: StopCheck | None,
     heartbeat: Heartbeat | None = None,
 ) -> JobReport:
-    loaded = images.read_image(request.source, request.config.limits.max_pixels)
+    # Decoded reduced (JPEG) or shrunk before the float conversion: a huge photo never
+    # lives at full size in float32 (nstd.media.images).
+    loaded = images.read_image(request.source, request.config.limits.max_pixels,
+                               max_side=request.config.style.max_side)
     rgb = images.resize_max_side(loaded.rgb, request.config.style.max_side)
     alpha = None
     if loaded.alpha is not None:

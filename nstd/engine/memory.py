@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 # Margin over the sum of the activations autograd keeps: the backward pass holds a few
 # gradient buffers of the widest layers at once, and the allocator rounds up.
-_ACTIVATION_MARGIN = 1.25
+_ACTIVATION_MARGIN = 1.5
 # Image-sized float32 tensors per channel besides the L-BFGS history: image, gradient, best
 # image, line-search base point and direction, the tiled gradient sum, content, chroma...
 _IMAGE_COPIES = 12
@@ -50,15 +50,18 @@ def activation_bytes_per_pixel(features: VGGFeatures, layers: Iterable[str],
         outputs += channels / stride**2
         if stride == 1:
             widest = max(widest, channels)
-    # The normalized input and its gradient (3 channels each), two gradient buffers of the
-    # widest full-resolution layer during the backward pass.
-    return element_bytes * _ACTIVATION_MARGIN * (outputs + 2 * widest + 8 * 3)
+    # Input-sized tensors (the tile's copy, the normalized input, their gradients, the
+    # gradient sum: ~16 x 3 channels) and two gradient buffers of the widest full-resolution
+    # layer during the backward pass.
+    return element_bytes * _ACTIVATION_MARGIN * (outputs + 2 * widest + 16 * 3)
 
 
-def image_state_bytes_per_pixel(channels: int, lbfgs_history: int) -> float:
+def image_state_bytes_per_pixel(channels: int, lbfgs_history: int,
+                                content_channels: float = 0.0) -> float:
     """Bytes per output pixel of the state that lives at the image's size whatever the tiles:
-    `channels` 3 (1 with preserve_color), the L-BFGS history (0 for Adam)."""
-    return 4.0 * channels * (_IMAGE_COPIES + 2 * lbfgs_history) + 4.0 * 3 * 2
+    `channels` 3 (1 with preserve_color), the L-BFGS history (0 for Adam), and the content
+    target features (`content_channels` per input pixel: C / stride^2 of the content layer)."""
+    return 4.0 * (channels * (_IMAGE_COPIES + 2 * lbfgs_history) + 3 * 2 + content_channels)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -94,8 +97,10 @@ def core_side_for(budget: int, size: tuple[int, int], per_pixel: float, fixed_pe
     """Largest tile core side (input pixels) whose box's activations fit in what `budget`
     (bytes) leaves after the image-sized state; None when the whole image fits untiled.
 
-    Never below one alignment step (16 pixels for relu5_1): a budget too small even for that
-    is logged and the smallest tiles are used (the job may then run out of memory).
+    Never below `min_core_side` (twice the halo, 160 pixels for relu5_1): a tile's box is
+    (core + 2 halo)^2, so smaller cores spend most of their work on halos (a 16-pixel core
+    would cost 121 times its own area). A budget too small even for that is logged and the
+    smallest tiles are used (the job may then run out of memory).
     """
     layers = tuple(layers)
     pixels = size[0] * size[1]
@@ -106,9 +111,15 @@ def core_side_for(budget: int, size: tuple[int, int], per_pixel: float, fixed_pe
     box_side = math.isqrt(max(0, int(left / per_pixel)))
     core = box_side - 2 * halo
     align = max(stride_of(layer) for layer in layers)
-    if core < align:
+    smallest = min_core_side(layers)
+    if core < smallest:
         log.warning("the memory budget (%.2f GiB) is too small for a %dx%d image even with the "
                     "smallest tiles; using them anyway (raise model.max_memory_gb)",
                     budget / GIB, size[1], size[0])
-        return align
+        return smallest
     return core // align * align
+
+
+def min_core_side(layers: Iterable[str]) -> int:
+    """The smallest tile core the budget may choose: twice the halo (see `core_side_for`)."""
+    return 2 * halo_pixels(layers)

@@ -57,7 +57,7 @@ from nstd.engine.memory import (
 )
 from nstd.engine.optim import BoxLBFGS
 from nstd.engine.tiled import NetworkLoss, StyleRegion, tiled_features, tiled_grams, tiled_terms
-from nstd.engine.tiling import Tile, plan_tiles
+from nstd.engine.tiling import Tile, plan_tiles, stride_of
 from nstd.engine.weights import load_vgg19_state_dict
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
 from nstd.text import plural
@@ -458,9 +458,12 @@ class Stylizer:
                 return (Tile((0, size[0], 0, size[1]), (0, size[0], 0, size[1])),)
             channels = 1 if self.style.preserve_color else 3
             history = self.style.lbfgs_history if self.style.optimizer == "lbfgs" else 0
+            content = self.style.content_layer
+            content_channels = self.features.channels(content) / stride_of(content) ** 2
             core = core_side_for(budget, size,
                                  activation_bytes_per_pixel(self.features, layers),
-                                 image_state_bytes_per_pixel(channels, history), layers)
+                                 image_state_bytes_per_pixel(channels, history,
+                                                             content_channels), layers)
             if core is None:
                 return (Tile((0, size[0], 0, size[1]), (0, size[0], 0, size[1])),)
         return tuple(plan_tiles(size, core, layers))
@@ -799,9 +802,11 @@ def build_stylizer(model: ModelConfig, style: StyleConfig,
 
 
 def device_options(model: ModelConfig, device: torch.device) -> dict[str, object]:
-    """Stylizer options from the model config that apply on CUDA only (slower or unsupported
-    on the CPU): bf16 autocast, channels_last, torch.compile."""
+    """Stylizer options from the model config: the memory budget, and those that apply on
+    CUDA only (slower or unsupported on the CPU): bf16 autocast, channels_last, compile."""
     on_cuda = device.type == "cuda"
     return {"precision": model.precision if on_cuda else "fp32",
             "channels_last": model.channels_last and on_cuda,
-            "compile_network": model.compile and on_cuda}
+            "compile_network": model.compile and on_cuda,
+            "max_memory_gb": model.max_memory_gb,
+            "auto_memory_share": model.auto_memory_share}
