@@ -94,6 +94,9 @@ def load_style_target(stylizer: Stylizer, request: JobRequest) -> StyleTarget:
     if len(request.blend) != len(request.styles):
         raise UsageError(f"{len(request.styles)} style images but {len(request.blend)} "
                          "--style-weights; give one weight per style")
+    if request.masks and len(request.masks) != len(request.styles):
+        raise UsageError(f"{len(request.styles)} style images but {len(request.masks)} style "
+                         "masks; give one --style-mask per --style, or none")
     tensors = []
     style = request.config.style
     # The engine never uses a style image larger than style_scale times the output's side.
@@ -105,7 +108,24 @@ def load_style_target(stylizer: Stylizer, request: JobRequest) -> StyleTarget:
         except InputError as exc:
             raise InputError(f"style image {exc}") from None
         tensors.append(to_tensor(loaded.rgb))
-    return stylizer.prepare_style(tensors, list(request.blend))
+    masks = [load_mask(path, request.config) for path in request.masks] or None
+    return stylizer.prepare_style(tensors, list(request.blend), masks)
+
+
+def load_mask(path: Path, config: Config) -> torch.Tensor:
+    """A style mask file -> (1, 1, h, w) float32 in [0, 1] (its luminance; white = the style).
+
+    Read no larger than the output needs; a missing or unreadable file is an InputError
+    naming it as a style mask.
+    """
+    try:
+        loaded = images.read_image(path, config.limits.max_pixels,
+                                   max_side=config.style.max_side)
+    except InputError as exc:
+        raise InputError(f"style mask {exc}") from None
+    rgb = to_tensor(loaded.rgb)  # (1, 3, h, w)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (rgb * weights).sum(dim=1, keepdim=True).clamp(0.0, 1.0)
 
 
 def stylize_image_file(

@@ -49,6 +49,7 @@ from torch import Tensor
 from nstd.config import ModelConfig, StyleConfig
 from nstd.engine.features import VGGFeatures
 from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.engine.masks import check_aspect, check_mask, layer_masks
 from nstd.engine.memory import (
     activation_bytes_per_pixel,
     core_side_for,
@@ -119,6 +120,8 @@ class StyleTarget:
     _owner: object = field(repr=False)
     _cache: OrderedDict[tuple, dict[str, Tensor]] = field(default_factory=OrderedDict,
                                                           repr=False)
+    # One (1, 1, h, w) mask in [0, 1] per image (nstd.engine.masks), or None: blended Grams.
+    masks: tuple[Tensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------- colour and size
@@ -385,11 +388,15 @@ class Stylizer:
 
     # ----------------------------------------------------------------- style targets
 
-    def prepare_style(self, images: Sequence[Tensor], blend: Sequence[float]) -> StyleTarget:
+    def prepare_style(self, images: Sequence[Tensor], blend: Sequence[float],
+                      masks: Sequence[Tensor] | None = None) -> StyleTarget:
         """Style images (each (1, 3, h, w) float in [0, 1]) and blend weights -> StyleTarget.
 
         Weights must be >= 0 with a positive sum; they are normalized to sum 1 and the Gram
         matrices are blended with them. Grams are computed lazily per output size and cached.
+        masks: one (1, 1, h, w) float mask in [0, 1] per image (white = that style): each
+        style then applies to its own region with its own Grams, and the blend weights are
+        not used (`nstd.engine.masks`). A mask applies to every frame of a video.
         """
         if not images:
             raise UsageError("no style image given; add at least one style")
@@ -404,7 +411,17 @@ class Stylizer:
             _check_image(image, f"style image {i + 1}")
         copies = tuple(img.detach().to("cpu", torch.float32).clone() for img in images)
         total = sum(weights)
-        return StyleTarget(copies, tuple(w / total for w in weights), self._token)
+        mask_copies = None
+        if masks is not None:
+            if len(masks) != len(images):
+                raise UsageError(f"{len(images)} style images but {len(masks)} style masks; "
+                                 "give one mask per style, or none")
+            for i, mask in enumerate(masks):
+                check_mask(mask, i + 1)
+            mask_copies = tuple(m.detach().to("cpu", torch.float32).clamp(0, 1).clone()
+                                for m in masks)
+        return StyleTarget(copies, tuple(w / total for w in weights), self._token,
+                           masks=mask_copies)
 
     def _style_grams(self, target: StyleTarget, size: tuple[int, int],
                      stats: tuple[float, float] | None) -> dict[str, Tensor]:
@@ -432,6 +449,20 @@ class Stylizer:
         while len(target._cache) > _GRAM_CACHE_SIZE:
             target._cache.popitem(last=False)
         return blended
+
+    def _own_grams(self, target: StyleTarget, index: int, size: tuple[int, int],
+                   stats: tuple[float, float] | None) -> dict[str, Tensor]:
+        """Style image `index`'s own (unblended) Grams for an output of `size`, cached."""
+        key = (tuple(size), stats, index)
+        if key not in target._cache:
+            long_side = max(1, round(self.style.style_scale * max(size)))
+            with torch.no_grad():
+                prepared = self._prepare_style_image(target.images[index], long_side, stats)
+                target._cache[key] = self._image_grams(prepared)
+            while len(target._cache) > _GRAM_CACHE_SIZE * max(1, len(target.images)):
+                target._cache.popitem(last=False)
+        target._cache.move_to_end(key)
+        return target._cache[key]
 
     def _image_grams(self, rgb: Tensor) -> dict[str, Tensor]:
         """Normalized Grams (1, C, C) of rgb (1, 3, h, w) in [0, 1] for the style layers;
@@ -562,6 +593,15 @@ class Stylizer:
             m = _resize(term.mask.to(self.device, torch.float32), size)
             terms.append((luminance(t) if self.style.preserve_color else t, m,
                           float(term.weight)))
+        if target.masks is not None:
+            regions = []
+            for index, mask in enumerate(target.masks):
+                per_layer, share = layer_masks(mask.to(self.device), size, self._style_weights)
+                regions.append(StyleRegion(self._own_grams(target, index, size, stats),
+                                           per_layer, share))
+            return _Problem(tuple(size), content_feats.detach(), {}, terms, rgb,
+                            network=self._network_loss(content_feats.detach(), regions),
+                            tiles=tiles)
         grams = self._style_grams(target, size, stats)
         problem = _Problem(tuple(size), content_feats.detach(), grams, terms, rgb)
         if len(tiles) > 1:
@@ -627,6 +667,8 @@ class Stylizer:
             _check_image(term.target, "temporal target")
             _check_image(term.mask, "temporal mask", channels=1)
         h, w = content.shape[-2:]
+        for index, mask in enumerate(target.masks or ()):
+            check_aspect(mask, (int(h), int(w)), index + 1)
         if min(h, w) < self.features.min_side:
             raise UsageError(f"the image is {w}x{h}; its shorter side must be at least "
                              f"{self.features.min_side} pixels for layer "
