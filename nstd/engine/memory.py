@@ -65,11 +65,13 @@ def image_state_bytes_per_pixel(channels: int, lbfgs_history: int,
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory free for this process now: free CUDA memory on a GPU, MemAvailable of
-    /proc/meminfo on the CPU (0 when it cannot be read)."""
+    """Memory free for this process now: free CUDA memory on a GPU (plus what PyTorch's
+    caching allocator holds unused: the previous frame's activations would otherwise count as
+    taken), MemAvailable of /proc/meminfo on the CPU (0 when it cannot be read)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
