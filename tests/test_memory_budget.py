@@ -93,3 +93,26 @@ def test_the_oom_retry_keeps_the_output_size_with_smaller_tiles(stylizer_for) ->
     (tiles_a, first), (tiles_b, second) = results
     assert 1 < tiles_a < tiles_b
     assert first.image.shape == second.image.shape == (1, 3, 400, 520)
+
+
+def test_auto_budget_is_a_share_of_the_available_memory() -> None:
+    from nstd.engine.memory import GIB, available_bytes, resolve_budget
+
+    cpu = torch.device("cpu")
+    available = available_bytes(cpu)
+    assert available > 0
+    auto = resolve_budget("auto", 0.5, cpu)
+    assert auto is not None and abs(auto - available / 2) < 0.05 * available
+    assert resolve_budget(2.5, 0.5, cpu) == int(2.5 * GIB)
+    assert resolve_budget(None, 0.5, cpu) is None
+
+
+def test_config_takes_auto_or_a_number_of_gib() -> None:
+    from nstd.errors import ConfigError
+
+    assert parse_config({}).model.max_memory_gb == "auto"
+    assert parse_config({"model": {"max_memory_gb": 6}}).model.max_memory_gb == 6.0
+    with pytest.raises(ConfigError, match="model.max_memory_gb"):
+        parse_config({"model": {"max_memory_gb": "lots"}})
+    with pytest.raises(ConfigError, match="model.auto_memory_share: must be <= 1.0"):
+        parse_config({"model": {"auto_memory_share": 2}})
