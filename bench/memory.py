@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             image_state_bytes_per_pixel(3, style.lbfgs_history)
         rows: list[dict[str, Any]] = []
         print(f"{'side':>6} {'mode':>8} {'budget':>7} {'tiles':>6} {'peak MB':>9} {'s/it':>8}")
-        for side in (int(s) for s in args.sizes.split(",")):
+        for side in (int(s) for s in args.sizes.split(",") if s):
             for budget in (None, args.budget):
                 if budget is None and per_pixel * side * side / 2**30 > args.max_untiled_gb:
                     print(f"{side:>6} {'untiled':>8} {'-':>7} {'-':>6} {'skipped':>9} "

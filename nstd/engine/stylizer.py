@@ -360,6 +360,7 @@ class Stylizer:
         self.max_memory_gb = max_memory_gb
         self.auto_memory_share = auto_memory_share
         self.tile_side = tile_side
+        self._tiles_by_size: dict[tuple[int, int], tuple[Tile, ...]] = {}
         self.device = torch.device(device)
         self.style = style
         self.precision = precision
@@ -479,8 +480,19 @@ class Stylizer:
         """The tiles an image of `size` (H, W) is evaluated by (one: the whole image).
 
         From `tile_side` when set, else from the memory budget (`nstd.engine.memory`):
-        tiles only when the whole image's activations would not fit.
+        tiles only when the whole image's activations would not fit. Decided once per size
+        for this stylizer, so the frames of a video are all cut the same way even though an
+        'auto' budget moves with the free memory (and a too-small budget is logged once).
         """
+        size = (int(size[0]), int(size[1]))
+        known = self._tiles_by_size.get(size)
+        if known is None:
+            if len(self._tiles_by_size) >= _GRAM_CACHE_SIZE:
+                self._tiles_by_size.clear()
+            known = self._tiles_by_size[size] = self._plan_tiles(size)
+        return known
+
+    def _plan_tiles(self, size: tuple[int, int]) -> tuple[Tile, ...]:
         layers = self._layers
         core = self.tile_side
         if core is None:
