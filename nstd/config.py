@@ -61,6 +61,12 @@ class ModelConfig:
     )
     channels_last: bool = _opt(True, "channels_last memory format on CUDA")
     compile: bool = _opt(False, "torch.compile the network on CUDA (each new size compiles once)")
+    max_memory_gb: float | Literal["auto"] = _opt(
+        "auto", "memory one image's optimization may use, GiB; auto = auto_memory_share of "
+        "free CUDA memory or available RAM. Larger images are optimized tile by tile, exactly",
+        min=0.01)
+    auto_memory_share: float = _opt(
+        0.5, "share of the free memory that max_memory_gb: auto takes", min=0.01, max=1.0)
 
 
 @dataclass(frozen=True)

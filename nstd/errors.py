@@ -74,7 +74,8 @@ class WeightsUnavailableError(WeightsError, TransientError):
 
 
 class OutOfMemoryError(TransientError):
-    """The device ran out of memory; retrying at a smaller size may succeed."""
+    """The device ran out of memory; retrying with a smaller memory budget (smaller tiles)
+    may succeed."""
 
 
 class Interrupted(NstdError):

@@ -35,6 +35,7 @@ class JobRequest:
     overwrite: bool = False
     work_dir: Path | None = None  # videos: where stored frames live (default: next to output)
     restart: bool = False  # videos: discard stored frames instead of resuming
+    masks: tuple[Path, ...] = ()  # one greyscale style mask per style, or none
 
 
 @dataclass

@@ -10,6 +10,7 @@ goes out through a callback, and errors are `nstd.errors` classes with one-line 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,14 +95,38 @@ def load_style_target(stylizer: Stylizer, request: JobRequest) -> StyleTarget:
     if len(request.blend) != len(request.styles):
         raise UsageError(f"{len(request.styles)} style images but {len(request.blend)} "
                          "--style-weights; give one weight per style")
+    if request.masks and len(request.masks) != len(request.styles):
+        raise UsageError(f"{len(request.styles)} style images but {len(request.masks)} style "
+                         "masks; give one --style-mask per --style, or none")
     tensors = []
+    style = request.config.style
+    # The engine never uses a style image larger than style_scale times the output's side.
+    style_side = max(16, math.ceil(style.style_scale * style.max_side))
     for path in request.styles:
         try:
-            loaded = images.read_image(path, request.config.limits.max_pixels)
+            loaded = images.read_image(path, request.config.limits.max_pixels,
+                                       max_side=style_side)
         except InputError as exc:
             raise InputError(f"style image {exc}") from None
         tensors.append(to_tensor(loaded.rgb))
-    return stylizer.prepare_style(tensors, list(request.blend))
+    masks = [load_mask(path, request.config) for path in request.masks] or None
+    return stylizer.prepare_style(tensors, list(request.blend), masks)
+
+
+def load_mask(path: Path, config: Config) -> torch.Tensor:
+    """A style mask file -> (1, 1, h, w) float32 in [0, 1] (its luminance; white = the style).
+
+    Read no larger than the output needs; a missing or unreadable file is an InputError
+    naming it as a style mask.
+    """
+    try:
+        loaded = images.read_image(path, config.limits.max_pixels,
+                                   max_side=config.style.max_side)
+    except InputError as exc:
+        raise InputError(f"style mask {exc}") from None
+    rgb = to_tensor(loaded.rgb)  # (1, 3, h, w)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (rgb * weights).sum(dim=1, keepdim=True).clamp(0.0, 1.0)
 
 
 def stylize_image_file(
@@ -112,7 +137,10 @@ def stylize_image_file(
     should_stop: StopCheck | None,
     heartbeat: Heartbeat | None = None,
 ) -> JobReport:
-    loaded = images.read_image(request.source, request.config.limits.max_pixels)
+    # Decoded reduced (JPEG) or shrunk before the float conversion: a huge photo never
+    # lives at full size in float32 (nstd.media.images).
+    loaded = images.read_image(request.source, request.config.limits.max_pixels,
+                               max_side=request.config.style.max_side)
     rgb = images.resize_max_side(loaded.rgb, request.config.style.max_side)
     alpha = None
     if loaded.alpha is not None:

@@ -408,8 +408,8 @@ def test_an_unwritable_outbox_is_retried_not_failed(rig: Rig) -> None:
     assert files(rig.inbox) == ["a.png"] and files(rig.failed) == []
 
 
-def test_out_of_memory_retries_at_a_smaller_size(rig: Rig,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_out_of_memory_retries_with_half_the_memory_budget_at_the_same_size(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     def oom_once(request: JobRequest, _: dict[str, Any]) -> None:
         if len(rig.runner.requests) == 1:
             raise OutOfMemoryError("out of GPU memory stylizing 32x21")
@@ -422,8 +422,11 @@ def test_out_of_memory_retries_at_a_smaller_size(rig: Rig,
         rig.settle()
         rig.step(10.01)
     sizes = [r.config.style.max_side for r in rig.runner.requests]
-    assert sizes == [32, 24]
-    assert "out of memory at style.max_side 32; the next attempt uses 24" in caplog.text
+    assert sizes == [32, 32]  # never a smaller output: smaller tiles instead
+    shares = [r.config.model.auto_memory_share for r in rig.runner.requests]
+    assert shares == [0.5, 0.25]
+    assert ("out of memory with model.auto_memory_share 0.5; the next attempt uses 0.25 "
+            "(smaller tiles, same output size)") in caplog.text
     assert rig.ledger.find("a.png").state == "done"
     assert files(rig.outbox) == ["a.mosaic.png"]
 

@@ -447,7 +447,7 @@ def test_the_ledger_deleted_while_stopped_is_rebuilt_from_the_folders(
 # --------------------------------------------------------------------------- out of memory
 
 
-def test_cuda_out_of_memory_inside_the_engine_is_retried_smaller(
+def test_cuda_out_of_memory_inside_the_engine_is_retried_with_a_smaller_budget(
         tmp_path: Path, vgg_weights_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from nstd.daemon.engines import EngineCache
 
@@ -462,16 +462,18 @@ def test_cuda_out_of_memory_inside_the_engine_is_retried_smaller(
         rig.settle()
         assert rig.job("a.png").state == "queued"
         rig.step(1.01)
-    assert "out of memory at style.max_side 32; the next attempt uses 24" in caplog.text
+    assert "out of memory with model.auto_memory_share 0.5; the next attempt uses 0.25" \
+        in caplog.text
     assert "out of GPU memory" in caplog.text
     job = rig.job("a.png")
     assert job.state == "done" and job.attempts == 2
-    assert job.settings == {"style": {"max_side": 24}}
+    assert job.settings == {"model": {"auto_memory_share": 0.25}}
     out = read_image(rig.outbox / "a.mosaic.png", 10_000)
-    assert (out.width, out.height) == (24, 16)  # the retry really was smaller
+    assert (out.width, out.height) == (32, 21)  # the size asked for, not a smaller one
 
 
-def test_a_raw_cuda_oom_outside_the_engine_is_retried_smaller(tmp_path: Path) -> None:
+def test_a_raw_cuda_oom_outside_the_engine_is_retried_with_a_smaller_budget(
+        tmp_path: Path) -> None:
     import torch
 
     rig = Rig(tmp_path)
@@ -486,7 +488,8 @@ def test_a_raw_cuda_oom_outside_the_engine_is_retried_smaller(tmp_path: Path) ->
     rig.step()
     rig.settle()
     rig.step(10.01)
-    assert [r.config.style.max_side for r in rig.runner.requests] == [32, 24]
+    assert [r.config.style.max_side for r in rig.runner.requests] == [32, 32]
+    assert [r.config.model.auto_memory_share for r in rig.runner.requests] == [0.5, 0.25]
     assert rig.job("a.png").state == "done"
 
 

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", type=Path, action="append", required=True, metavar="STYLE",
                    help="style image (repeat to blend several)")
     p.add_argument("--style-weights", metavar="W1,W2", help="blend weights, one per --style")
+    p.add_argument("--style-mask", type=Path, action="append", default=[], metavar="MASK",
+                   help="greyscale mask of where the matching --style applies (white = this "
+                        "style, grey = a share); one per --style, or none")
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
                    help="output file (default: <stem>.<style>.<ext> next to the input)")
     p.add_argument("--weights", metavar="PATH", help="local VGG-19 state dict (model.weights)")
@@ -127,15 +130,21 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from nstd.progress import ProgressPrinter
 
     config = config_from_args(args)
-    for path in [args.content, *args.style]:
+    for path in [args.content, *args.style, *args.style_mask]:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
     media_kind(args.content)
+    if args.style_mask and len(args.style_mask) != len(args.style):
+        raise UsageError(f"{len(args.style)} --style but {len(args.style_mask)} --style-mask; "
+                         "give one mask per style, or none")
+    if args.style_mask and args.style_weights:
+        raise UsageError("--style-weights blend styles everywhere and --style-mask gives each "
+                         "style its own region; use one or the other")
     blend = parse_blend(args.style_weights, len(args.style))
     output = args.output or default_output(args.content, args.style)
     request = JobRequest(source=args.content, output=output, styles=tuple(args.style),
                          blend=blend, config=config, overwrite=args.overwrite,
-                         restart=args.restart)
+                         restart=args.restart, masks=tuple(args.style_mask))
     stylizer = build_stylizer(config.model, config.style)
     print(f"device: {device_line(stylizer.device)}", file=sys.stderr)  # CPU runs are slow
     stop = StopFlag()

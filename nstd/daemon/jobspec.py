@@ -26,8 +26,9 @@ library can never corrupt the protocol).
 
 Failure kinds: ``transient`` (retried with backoff), ``permanent`` (fails at once), ``input``
 (the file is unreadable, truncated or corrupt: permanent, unless the file then changes, which
-is a copy still in progress), ``oom`` (retried smaller), ``stopped`` (a stop was asked: the
-job goes back without counting), ``name_taken`` (the recorded output name holds somebody
+is a copy still in progress), ``oom`` (retried with half the memory budget: smaller tiles,
+the same output size), ``stopped`` (a stop was asked: the job goes back without counting),
+``name_taken`` (the recorded output name holds somebody
 else's file: another name is chosen).
 """
 

@@ -22,7 +22,9 @@ Exactly once, across kill -9 at any point:
 
 Failures: `TransientError` (and `OutputError` or an `OSError`: the outbox may be full or
 read-only for a while) is retried with backoff up to `daemon.max_attempts`;
-`OutOfMemoryError` (or a raw ``torch.cuda.OutOfMemoryError``) is retried at 3/4 of the size;
+`OutOfMemoryError` (or a raw ``torch.cuda.OutOfMemoryError``) is retried with half the memory
+budget (`model.max_memory_gb`, or `model.auto_memory_share` when it is auto), so the engine uses
+smaller tiles; the output keeps its size (the user's choice) and a video its stored frames;
 `Interrupted` after a stop request puts the job back without counting the attempt; every
 other error fails the job at once: its source goes to failed/ with the reason. When the
 ledger itself cannot be written (``sqlite3.Error``: the disk is full), nothing is decided
@@ -105,7 +107,8 @@ EXIT_CONFIG = 2  # a worker cannot load the network: systemd must not restart us
 EXIT_TRANSIENT = 1  # a worker cannot fetch the weights right now: systemd restarts us
 STAGES = {"probe": "checking", "plan": "planning", "frame": "frame", "iteration": "iteration",
           "verify": "verifying", "encode": "encoding"}
-OOM_SHRINK = 0.75  # next attempt's style.max_side after running out of memory
+OOM_SHRINK = 0.5  # next attempt's memory budget after running out of memory (smaller tiles)
+MIN_MEMORY_GB, MIN_MEMORY_SHARE = 0.01, 0.01  # config minimums: below them the job fails
 MIN_WAIT = 0.05
 MAX_WAIT = 300.0
 KNOWN_LIMIT = 100_000
@@ -1018,19 +1021,24 @@ class Supervisor:
             config = job_config(self.config, current.settings, self.inbox)
         except ConfigError:
             config = self.config
-        old = config.style.max_side
-        new = max(16, int(old * OOM_SHRINK))
-        if new >= old:
-            self._fail(job, f"{reason} (already at the smallest size)", self._clock(),
+        # Never a smaller output: the size is the user's choice. A smaller budget makes the
+        # engine evaluate the image by smaller tiles (nstd.engine.tiled), with the same
+        # result, so a video's stored frames stay valid too.
+        model = config.model
+        if model.max_memory_gb == "auto":
+            key, old, floor = "auto_memory_share", model.auto_memory_share, MIN_MEMORY_SHARE
+        else:
+            key, old, floor = "max_memory_gb", float(model.max_memory_gb), MIN_MEMORY_GB
+        new = round(old * OOM_SHRINK, 4)
+        if new < floor:
+            self._fail(job, f"{reason} (already at the smallest memory budget)", self._clock(),
                        permanent=True)
             return
         settings = dict(current.settings)
-        settings["style"] = {**dict(settings.get("style") or {}), "max_side": new}
+        settings["model"] = {**dict(settings.get("model") or {}), key: new}
         self.ledger.set_settings(job.id, settings)
-        # Frames stored at the old size cannot be mixed with new ones.
-        shutil.rmtree(self.work / str(job.id) / STORE_FOLDER, ignore_errors=True)
-        log.warning("%s: out of memory at style.max_side %d; the next attempt uses %d",
-                    job.source, old, new)
+        log.warning("%s: out of memory with model.%s %s; the next attempt uses %s (smaller "
+                    "tiles, same output size)", job.source, key, old, new)
         self._fail(job, reason, self._clock(), permanent=False)
 
     def _fail(self, job: Job, reason: str, now: float, *, permanent: bool,

@@ -54,7 +54,16 @@ from torch import Tensor
 from nstd.config import ModelConfig, StyleConfig
 from nstd.engine.features import VGGFeatures
 from nstd.engine.losses import content_loss, gram_matrix, style_loss, temporal_loss, tv_loss
+from nstd.engine.masks import check_aspect, check_mask, layer_masks
+from nstd.engine.memory import (
+    activation_bytes_per_pixel,
+    core_side_for,
+    image_state_bytes_per_pixel,
+    resolve_budget,
+)
 from nstd.engine.optim import BoxLBFGS
+from nstd.engine.tiled import NetworkLoss, StyleRegion, tiled_features, tiled_grams, tiled_terms
+from nstd.engine.tiling import Tile, plan_tiles, stride_of
 from nstd.engine.weights import load_vgg19_state_dict
 from nstd.errors import ConfigError, Interrupted, NstdError, OutOfMemoryError, UsageError
 from nstd.text import plural
@@ -128,6 +137,8 @@ class StyleTarget:
     _owner: object = field(repr=False)
     _cache: OrderedDict[tuple, dict[str, Tensor]] = field(default_factory=OrderedDict,
                                                           repr=False)
+    # One (1, 1, h, w) mask in [0, 1] per image (nstd.engine.masks), or None: blended Grams.
+    masks: tuple[Tensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------- colour and size
@@ -221,6 +232,9 @@ class _Problem:
     temporal: list[tuple[Tensor, Tensor, float]]  # (target, mask, weight) at this size
     chroma_source: Tensor  # content RGB at this size (colour recombination)
     bounds: tuple[Tensor, Tensor] | None = None  # (lo, hi) of the optimized image, this size
+    # Set when the network terms go through nstd.engine.tiled (tiles, or style masks):
+    network: NetworkLoss | None = None
+    tiles: tuple[Tile, ...] = ()  # more than one: evaluated tile by tile
 
 
 class _Tracker:
@@ -335,12 +349,21 @@ class Stylizer:
         compile_network: run the network through `torch.compile` (fused elementwise work,
             fewer kernel launches; each new image size compiles once, so the first frames
             are slower). Meant for CUDA; model.compile turns it on there.
+        max_memory_gb: memory one optimization may use beyond the network (GiB, or 'auto':
+            `auto_memory_share` of the free CUDA memory or available RAM; see
+            `nstd.engine.memory`). When an image's activations would not fit, the content
+            and style terms are evaluated tile by tile, exactly (`nstd.engine.tiled`).
+            None: never tile.
+        tile_side: tile core side in pixels, whatever the budget (tests, benchmarks, and the
+            retry after running out of memory); None: chosen from the budget.
     """
 
     def __init__(self, features: VGGFeatures, style: StyleConfig, device: torch.device,
                  precision: str = "fp32", channels_last: bool = False,
                  sync_every: int = 1, lag: int | None = None,
-                 compile_network: bool = False) -> None:
+                 compile_network: bool = False,
+                 max_memory_gb: float | str | None = None, auto_memory_share: float = 0.5,
+                 tile_side: int | None = None) -> None:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"model.precision: must be fp32 or bf16, got {precision!r}")
         needed = [style.content_layer, *style.style_layers]
@@ -352,6 +375,15 @@ class Stylizer:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         if lag is not None and lag < 0:
             raise ValueError(f"lag must be >= 0, got {lag}")
+        if tile_side is not None and tile_side < 1:
+            raise ValueError(f"tile_side must be >= 1 or None, got {tile_side}")
+        if not 0 < auto_memory_share <= 1:
+            raise ConfigError(f"model.auto_memory_share: must be in (0, 1], got "
+                              f"{auto_memory_share}")
+        self.max_memory_gb = max_memory_gb
+        self.auto_memory_share = auto_memory_share
+        self.tile_side = tile_side
+        self._tiles_by_size: dict[tuple[int, int], tuple[Tile, ...]] = {}
         self.device = torch.device(device)
         self.style = style
         self.precision = precision
@@ -377,15 +409,20 @@ class Stylizer:
         self._style_weights = {k: float(v) for k, v in style.style_layers.items() if v != 0}
         # The objective the optimizer sees is divided by this (module docstring).
         self.loss_scale = (style.content_weight + style.style_weight + style.tv_weight) or 1.0
+        self._layers = tuple(dict.fromkeys([style.content_layer, *self._style_weights]))
         self._token = object()
 
     # ----------------------------------------------------------------- style targets
 
-    def prepare_style(self, images: Sequence[Tensor], blend: Sequence[float]) -> StyleTarget:
+    def prepare_style(self, images: Sequence[Tensor], blend: Sequence[float],
+                      masks: Sequence[Tensor] | None = None) -> StyleTarget:
         """Style images (each (1, 3, h, w) float in [0, 1]) and blend weights -> StyleTarget.
 
         Weights must be >= 0 with a positive sum; they are normalized to sum 1 and the Gram
         matrices are blended with them. Grams are computed lazily per output size and cached.
+        masks: one (1, 1, h, w) float mask in [0, 1] per image (white = that style): each
+        style then applies to its own region with its own Grams, and the blend weights are
+        not used (`nstd.engine.masks`). A mask applies to every frame of a video.
         """
         if not images:
             raise UsageError("no style image given; add at least one style")
@@ -400,7 +437,17 @@ class Stylizer:
             _check_image(image, f"style image {i + 1}")
         copies = tuple(img.detach().to("cpu", torch.float32).clone() for img in images)
         total = sum(weights)
-        return StyleTarget(copies, tuple(w / total for w in weights), self._token)
+        mask_copies = None
+        if masks is not None:
+            if len(masks) != len(images):
+                raise UsageError(f"{len(images)} style images but {len(masks)} style masks; "
+                                 "give one mask per style, or none")
+            for i, mask in enumerate(masks):
+                check_mask(mask, i + 1)
+            mask_copies = tuple(m.detach().to("cpu", torch.float32).clamp(0, 1).clone()
+                                for m in masks)
+        return StyleTarget(copies, tuple(w / total for w in weights), self._token,
+                           masks=mask_copies)
 
     def _style_grams(self, target: StyleTarget, size: tuple[int, int],
                      stats: tuple[float, float] | None) -> dict[str, Tensor]:
@@ -420,14 +467,74 @@ class Stylizer:
                 if weight == 0:
                     continue
                 prepared = self._prepare_style_image(image, long_side, stats)
-                feats = self._forward(prepared)
+                grams = self._image_grams(prepared)
                 for layer in self._style_weights:
-                    gram = weight * gram_matrix(feats[layer])
+                    gram = weight * grams[layer]
                     blended[layer] = gram if layer not in blended else blended[layer] + gram
         target._cache[key] = blended
         while len(target._cache) > _GRAM_CACHE_SIZE:
             target._cache.popitem(last=False)
         return blended
+
+    def _own_grams(self, target: StyleTarget, index: int, size: tuple[int, int],
+                   stats: tuple[float, float] | None) -> dict[str, Tensor]:
+        """Style image `index`'s own (unblended) Grams for an output of `size`, cached."""
+        key = (tuple(size), stats, index)
+        if key not in target._cache:
+            long_side = max(1, round(self.style.style_scale * max(size)))
+            with torch.no_grad():
+                prepared = self._prepare_style_image(target.images[index], long_side, stats)
+                target._cache[key] = self._image_grams(prepared)
+            while len(target._cache) > _GRAM_CACHE_SIZE * max(1, len(target.images)):
+                target._cache.popitem(last=False)
+        target._cache.move_to_end(key)
+        return target._cache[key]
+
+    def _image_grams(self, rgb: Tensor) -> dict[str, Tensor]:
+        """Normalized Grams (1, C, C) of rgb (1, 3, h, w) in [0, 1] for the style layers;
+        tile by tile when the image is too large for the memory budget."""
+        if not self._style_weights:
+            return {}
+        tiles = self.tiles((int(rgb.shape[-2]), int(rgb.shape[-1])))
+        if len(tiles) > 1:
+            return tiled_grams(self._forward, rgb, tuple(self._style_weights), tiles)
+        feats = self._forward(rgb)
+        return {layer: gram_matrix(feats[layer]) for layer in self._style_weights}
+
+    def tiles(self, size: tuple[int, int]) -> tuple[Tile, ...]:
+        """The tiles an image of `size` (H, W) is evaluated by (one: the whole image).
+
+        From `tile_side` when set, else from the memory budget (`nstd.engine.memory`):
+        tiles only when the whole image's activations would not fit. Decided once per size
+        for this stylizer, so the frames of a video are all cut the same way even though an
+        'auto' budget moves with the free memory (and a too-small budget is logged once).
+        """
+        size = (int(size[0]), int(size[1]))
+        known = self._tiles_by_size.get(size)
+        if known is None:
+            if len(self._tiles_by_size) >= _GRAM_CACHE_SIZE:
+                self._tiles_by_size.clear()
+            known = self._tiles_by_size[size] = self._plan_tiles(size)
+        return known
+
+    def _plan_tiles(self, size: tuple[int, int]) -> tuple[Tile, ...]:
+        layers = self._layers
+        core = self.tile_side
+        if core is None:
+            budget = resolve_budget(self.max_memory_gb, self.auto_memory_share, self.device)
+            if budget is None:
+                return (Tile((0, size[0], 0, size[1]), (0, size[0], 0, size[1])),)
+            channels = 1 if self.style.preserve_color else 3
+            history = self.style.lbfgs_history if self.style.optimizer == "lbfgs" else 0
+            content = self.style.content_layer
+            content_channels = self.features.channels(content) / stride_of(content) ** 2
+            core = core_side_for(budget, size,
+                                 activation_bytes_per_pixel(self.features, layers),
+                                 image_state_bytes_per_pixel(channels, history,
+                                                             content_channels), layers)
+            if core is None:
+                return (Tile((0, size[0], 0, size[1]), (0, size[0], 0, size[1])),)
+        return tuple(plan_tiles(size, core, layers))
 
     def _prepare_style_image(self, image: Tensor, long_side: int,
                              stats: tuple[float, float] | None) -> Tensor:
@@ -472,21 +579,34 @@ class Stylizer:
         style, tv[, temporal]. Each is a float32 scalar."""
         s = self.style
         scale = self.loss_scale
-        feats = self._forward(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
         zero = x.new_zeros(())
         terms = [
-            s.content_weight / scale * content_loss(feats[s.content_layer], problem.content)
-            if s.content_weight else zero,
-            s.style_weight / scale * style_loss({k: gram_matrix(feats[k])
-                                                 for k in self._style_weights},
-                                                problem.grams, self._style_weights)
-            if s.style_weight and self._style_weights else zero,
+            *self._network_terms(problem, x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x),
             s.tv_weight / scale * tv_loss(x) if s.tv_weight else zero,
         ]
         if problem.temporal:
             terms.append(sum((w / scale * temporal_loss(x, t, m)
                               for t, m, w in problem.temporal), start=zero))
         return terms
+
+    def _network_terms(self, problem: _Problem, rgb: Tensor) -> list[Tensor]:
+        """Weighted content and style terms of rgb (1, 3, H, W) float in [0, 1]: in one
+        pass, or through `nstd.engine.tiled` (tiles, masks) with the same value and gradient.
+        Image-space terms (tv, temporal) stay on the whole image in `_terms`."""
+        if problem.network is not None:
+            return list(tiled_terms(self._forward, problem.network, rgb, problem.tiles))
+        s = self.style
+        scale = self.loss_scale
+        feats = self._forward(rgb)
+        zero = rgb.new_zeros(())
+        return [
+            s.content_weight / scale * content_loss(feats[s.content_layer], problem.content)
+            if s.content_weight else zero,
+            s.style_weight / scale * style_loss({k: gram_matrix(feats[k])
+                                                 for k in self._style_weights},
+                                                problem.grams, self._style_weights)
+            if s.style_weight and self._style_weights else zero,
+        ]
 
     def _problem(self, content: Tensor, target: StyleTarget,
                  temporal: Sequence[TemporalTerm], size: tuple[int, int],
@@ -500,15 +620,20 @@ class Stylizer:
             # Rounded so that a static scene hits the Gram cache frame after frame.
             mean, std = torch.stack([x.mean(), x.std()]).tolist()
             stats = (round(mean, 4), round(std, 4))
-        with torch.no_grad():
-            content_feats = self._forward(x.expand(-1, 3, -1, -1))[self.style.content_layer]
+        tiles = self.tiles(size)
+        rgb_in = x.expand(-1, 3, -1, -1)
+        if len(tiles) > 1:
+            content_feats = tiled_features(self._forward, rgb_in, self.style.content_layer,
+                                           tiles)
+        else:
+            with torch.no_grad():
+                content_feats = self._forward(rgb_in)[self.style.content_layer]
         terms = []
         for term in temporal:
             t = _resize(term.target.to(self.device, torch.float32), size)
             m = _resize(term.mask.to(self.device, torch.float32), size)
             terms.append((luminance(t) if self.style.preserve_color else t, m,
                           float(term.weight)))
-        grams = self._style_grams(target, size, stats)
         box = None
         if bounds is not None:
             lo, hi = (_resize(b.to(self.device, torch.float32), size) for b in (bounds.lo,
@@ -517,7 +642,29 @@ class Stylizer:
             # it by the luminance of the limits.
             box = (luminance(lo), luminance(hi)) if self.style.preserve_color else (lo, hi)
             box = (box[0].contiguous(), torch.maximum(box[0], box[1]).contiguous())
-        return _Problem(tuple(size), content_feats.detach(), grams, terms, rgb, box)
+        if target.masks is not None:
+            regions = []
+            for index, mask in enumerate(target.masks):
+                per_layer, share = layer_masks(mask.to(self.device), size, self._style_weights)
+                regions.append(StyleRegion(self._own_grams(target, index, size, stats),
+                                           per_layer, share))
+            return _Problem(tuple(size), content_feats.detach(), {}, terms, rgb, box,
+                            network=self._network_loss(content_feats.detach(), regions),
+                            tiles=tiles)
+        grams = self._style_grams(target, size, stats)
+        problem = _Problem(tuple(size), content_feats.detach(), grams, terms, rgb, box)
+        if len(tiles) > 1:
+            problem.tiles = tiles
+            problem.network = self._network_loss(problem.content, [StyleRegion(grams, None, 1.0)])
+        return problem
+
+    def _network_loss(self, content: Tensor, regions: list[StyleRegion]) -> NetworkLoss:
+        """The content and style terms for `nstd.engine.tiled`, weights divided by
+        `loss_scale` as in `_network_terms`."""
+        s, scale = self.style, self.loss_scale
+        return NetworkLoss(s.content_layer, content, s.content_weight / scale,
+                           self._style_weights if s.style_weight else {},
+                           s.style_weight / scale, regions)
 
     # ----------------------------------------------------------------- running
 
@@ -559,7 +706,8 @@ class Stylizer:
         except torch.cuda.OutOfMemoryError:
             h, w = content.shape[-2:]
             raise OutOfMemoryError(f"out of GPU memory stylizing {w}x{h}; "
-                                   "retry at a smaller size (style.max_side)") from None
+                                   "retry with a smaller model.max_memory_gb (smaller tiles)"
+                                   ) from None
 
     def _check_run_args(self, content: Tensor, target: StyleTarget, init: Tensor | None,
                         temporal: Sequence[TemporalTerm], bounds: Bounds | None) -> None:
@@ -578,6 +726,8 @@ class Stylizer:
             _check_image(term.target, "temporal target")
             _check_image(term.mask, "temporal mask", channels=1)
         h, w = content.shape[-2:]
+        for index, mask in enumerate(target.masks or ()):
+            check_aspect(mask, (int(h), int(w)), index + 1)
         if min(h, w) < self.features.min_side:
             raise UsageError(f"the image is {w}x{h}; its shorter side must be at least "
                              f"{self.features.min_side} pixels for layer "
@@ -758,9 +908,11 @@ def build_stylizer(model: ModelConfig, style: StyleConfig,
 
 
 def device_options(model: ModelConfig, device: torch.device) -> dict[str, object]:
-    """Stylizer options from the model config that apply on CUDA only (slower or unsupported
-    on the CPU): bf16 autocast, channels_last, torch.compile."""
+    """Stylizer options from the model config: the memory budget, and those that apply on
+    CUDA only (slower or unsupported on the CPU): bf16 autocast, channels_last, compile."""
     on_cuda = device.type == "cuda"
     return {"precision": model.precision if on_cuda else "fp32",
             "channels_last": model.channels_last and on_cuda,
-            "compile_network": model.compile and on_cuda}
+            "compile_network": model.compile and on_cuda,
+            "max_memory_gb": model.max_memory_gb,
+            "auto_memory_share": model.auto_memory_share}

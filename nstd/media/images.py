@@ -10,6 +10,17 @@ Reading (`read_image`) treats every file as hostile:
 - the whole image is decoded at once (`load()`), so a truncated file fails here, with one
   sentence naming the file, not later inside the engine.
 
+Huge inputs, small outputs (`max_side`): the decode costs memory for what the output needs,
+not for the file's size, where the library allows it:
+
+- JPEG is decoded reduced by libjpeg's DCT scaling (PIL `draft`: 1/2, 1/4 or 1/8 of each
+  side, the largest reduction that still gives at least `max_side`), so a 48-megapixel photo
+  is never held at full size;
+- every other 8-bit image (PNG, WebP, BMP, 8-bit TIFF) is decoded at full size as 8-bit
+  samples (PIL cannot decode those formats reduced) and shrunk there, before the float32
+  conversion that would quadruple it;
+- 16-bit images are converted at full size, as before (rare at huge sizes).
+
 Colour handling:
 
 - EXIF orientation is applied, so the engine always sees the image upright;
@@ -31,6 +42,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,10 +250,13 @@ def _decode_pil(path: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | N
     )
 
 
-def read_image(path: str | os.PathLike[str], max_pixels: int) -> LoadedImage:
+def read_image(path: str | os.PathLike[str], max_pixels: int, *,
+               max_side: int | None = None) -> LoadedImage:
     """Decode an image file upright, refusing bombs before decoding.
 
     Returns LoadedImage(rgb (H,W,3) float32 [0,1], alpha (H,W) float32 [0,1] | None, bits).
+    With `max_side`, an image whose longest side is longer comes back shrunk to it (area
+    averaging, aspect kept), decoded reduced where the format allows (module docstring).
     Raises InputError (one sentence naming the file) for: missing, empty, not an image, a
     format other than PNG/JPEG/WebP/BMP/TIFF, more than `max_pixels` pixels, truncated or
     corrupt data, an unsupported colour mode. TransientError for an I/O error that may pass.
@@ -251,6 +266,12 @@ def read_image(path: str | os.PathLike[str], max_pixels: int) -> LoadedImage:
         width, height = im.size
         check_pixels(path, width, height, max_pixels)
         sixteen_bit_colour = _is_16bit_colour(im)
+        shrink = max_side is not None and max(width, height) > max_side
+        if shrink and im.format == "JPEG":
+            assert max_side is not None
+            scale = max_side / max(width, height)
+            # DCT scaling: decoded at 1/2, 1/4 or 1/8 of each side, never below this size.
+            im.draft(im.mode, (math.ceil(width * scale), math.ceil(height * scale)))
         try:
             im.load()  # full decode now: truncation and corruption surface here
         except Image.DecompressionBombError as exc:
@@ -268,11 +289,46 @@ def read_image(path: str | os.PathLike[str], max_pixels: int) -> LoadedImage:
             rgb, alpha = _decode_16bit_colour(path)
             bits = 16
         else:
+            if shrink and max_side is not None:
+                im = _shrink_8bit(im, max_side)
             rgb, alpha, bits = _decode_pil(path, im)
     rgb = np.ascontiguousarray(apply_orientation(rgb, orientation), dtype=np.float32)
     if alpha is not None:
         alpha = np.ascontiguousarray(apply_orientation(alpha, orientation), dtype=np.float32)
+    if max_side is not None and max(rgb.shape[:2]) > max_side:  # 16-bit, or not shrunk yet
+        rgb = resize_max_side(rgb, max_side)
+        if alpha is not None:
+            alpha = resize_max_side(alpha[..., None], max_side)[..., 0]
     return LoadedImage(rgb=rgb, alpha=alpha, bits=bits)
+
+
+# 8-bit modes that PIL resizes as they are (after the conversions below).
+_SHRINKABLE = {"1": "L", "P": None, "PA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB",
+               "CMYK": "RGB", "YCbCr": "RGB", "L": "L", "LA": "LA", "RGB": "RGB",
+               "RGBA": "RGBA"}
+
+
+def _shrink_8bit(im: Image.Image, max_side: int) -> Image.Image:
+    """An 8-bit PIL image shrunk so its longest side is `max_side` (box filter = area
+    averaging, as `resize_max_side`); other modes come back unchanged."""
+    if im.mode not in _SHRINKABLE:
+        return im
+    target = _SHRINKABLE[im.mode]
+    if target is None:  # palette: expand first (averaging palette indices means nothing)
+        target = "RGBA" if "transparency" in im.info else "RGB"
+    if target != im.mode:
+        im = im.convert(target)
+    width, height = im.size
+    scale = max_side / max(width, height)
+    if scale >= 1:
+        return im
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if im.mode in ("RGBA", "LA"):
+        # Band by band: PIL would premultiply by alpha and lose the colour under transparent
+        # pixels, which nstd keeps (module docstring).
+        return Image.merge(im.mode, [band.resize(size, Image.Resampling.BOX)
+                                     for band in im.split()])
+    return im.resize(size, Image.Resampling.BOX)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
