@@ -152,13 +152,6 @@ def decode_all(path: Path) -> list[np.ndarray]:
     return [f.rgb for f in video.iter_frames(path, info)]
 
 
-def read_style(path: Path) -> torch.Tensor:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise SystemExit(f"cannot read the style image {path}")
-    return to_tensor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
-
 # --------------------------------------------------------------------------- (a) baseline
 
 
@@ -468,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stylizer = build_stylizer(config.model, config.style)
     device = stylizer.device
-    style = read_style(args.style)
     target = load_style_target(stylizer, JobRequest(clip, out / "unused.mp4", (args.style,),
                                                     (1.0,), config))
+    style = target.images[0]  # the style image exactly as nstd read it (reduced to what it uses)
     plan = stylizer.plan((h, w), config.style.iterations)
     baseline = GatysBaseline(load_vgg19_state_dict(str(weights)), config, device, plan,
                              optimizer=args.baseline_optimizer)
