@@ -93,6 +93,20 @@ def _core_sums(loss: NetworkLoss, feats: Mapping[str, Tensor], tile: Tile,
     return sums
 
 
+def _tile_sums(network: Network, loss: NetworkLoss, x: Tensor, tiles: Sequence[Tile]
+               ) -> list[Tensor]:
+    """`_core_sums` added over every tile's core: the whole image's sums. x (1, 3, H, W)."""
+    full = (int(x.shape[-2]), int(x.shape[-1]))
+    sums: list[Tensor] | None = None
+    for tile in tiles:
+        top, bottom, left, right = tile.box
+        part = _core_sums(loss, network(x[..., top:bottom, left:right]), tile, full)
+        sums = part if sums is None else [a + b for a, b in zip(sums, part, strict=True)]
+    if sums is None:
+        raise ValueError("no tiles")
+    return sums
+
+
 def _terms_from_sums(loss: NetworkLoss, sums: Sequence[Tensor],
                      full: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """(content term, style term) as float32 scalars from the whole image's sums."""
@@ -138,12 +152,7 @@ class TiledNetworkTerms(torch.autograd.Function):
     def forward(ctx, x: Tensor, network: Network, loss: NetworkLoss,  # type: ignore[override]
                 tiles: Sequence[Tile]) -> tuple[Tensor, Tensor]:
         full = (int(x.shape[-2]), int(x.shape[-1]))
-        sums: list[Tensor] | None = None
-        for tile in tiles:
-            top, bottom, left, right = tile.box
-            part = _core_sums(loss, network(x[..., top:bottom, left:right]), tile, full)
-            sums = part if sums is None else [a + b for a, b in zip(sums, part, strict=True)]
-        assert sums is not None, "no tiles"
+        sums = _tile_sums(network, loss, x, tiles)
         content, style = _terms_from_sums(loss, sums, full)
         ctx.save_for_backward(x, *sums)
         ctx.network, ctx.loss, ctx.tiles = network, loss, tuple(tiles)
@@ -211,12 +220,7 @@ def tiled_grams(network: Network, x: Tensor, layers: Sequence[str],
     full = (int(x.shape[-2]), int(x.shape[-1]))
     loss = NetworkLoss(layers[0], None, 0.0, {layer: 1.0 for layer in layers}, 0.0,
                        [StyleRegion({}, None, 1.0)])
-    sums: list[Tensor] | None = None
-    for tile in tiles:
-        top, bottom, left, right = tile.box
-        part = _core_sums(loss, network(x[..., top:bottom, left:right]), tile, full)
-        sums = part if sums is None else [a + b for a, b in zip(sums, part, strict=True)]
-    assert sums is not None, "no tiles"
+    sums = _tile_sums(network, loss, x, tiles)
     grams = {}
     for layer, total in zip(layers, sums, strict=True):
         stride = stride_of(layer)
