@@ -229,7 +229,9 @@ def test_the_page_in_a_browser_shows_a_running_job_and_its_result(
     sync_api = _chromium()
     site = Site.create(tmp_path / "site", vgg_weights_path,
                        style={"max_side": 64, "iterations": 4, "coarse_iterations": 2},
-                       video={"frame_iterations": 15},
+                       # frame_target 0: every frame its 15 iterations, so the video runs
+                       # long enough for the page to be watched
+                       video={"frame_iterations": 15, "frame_target": 0.0},
                        daemon={"http": "127.0.0.1:0"})
     daemon = site.start("page")
     try:
