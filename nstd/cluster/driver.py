@@ -41,7 +41,7 @@ log = logging.getLogger("nstd.cluster")
 
 Emit = Callable[[dict[str, Any]], None]
 EVENT_SECONDS = 1.0
-LONG_TERM_GAP = 5  # = nstd.temporal.frames.LONG_TERM_GAP: the history a resumed unit needs
+HISTORY_FRAMES = 5  # = nstd.temporal.frames.HISTORY_FRAMES: the history a resumed unit needs
 
 
 class JobShipment:
@@ -322,7 +322,7 @@ class _VideoUnit:
         if resume == part.start:  # nothing of its own stored: from the top, overlap included
             decode_from, first, cold, known = part.decode_from, part.first, part.cold, {}
         else:
-            decode_from = max(part.first, resume - LONG_TERM_GAP)
+            decode_from = max(part.first, resume - HISTORY_FRAMES)
             known = {}
             for index in range(decode_from, resume):
                 png = store.frame_bytes(index, "overlap" if index < part.start else None)

@@ -3,7 +3,7 @@
 Per job, once per node: the compressed source file (a Ray object; an actor that finds it in
 its node's cache does not fetch it) and the style image files (bytes, small).
 Per unit, supervisor -> actor: a `UnitSpec` (a few hundred bytes) and, when a unit resumes
-after its actor died, up to `LONG_TERM_GAP` stored frames as 16-bit PNG (the flow history);
+after its actor died, up to `HISTORY_FRAMES` stored frames as 16-bit PNG (the flow history);
 a seam pass gets the two units' frames of its overlap (2 PNGs per overlap frame).
 Per frame, actor -> supervisor: a `FrameOut`: the stylized frame as a 16-bit RGB PNG (the frame
 store's own format, written to disk as it arrives, so nothing is re-encoded) or, with

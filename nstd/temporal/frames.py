@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 # Frames of history a range keeps (and a resumed range decodes again before its first new
 # frame): the previous frame is what a warm frame starts from.
-LONG_TERM_GAP = 5
+HISTORY_FRAMES = 5
 # Below this fraction of reliable pixels the warped previous frame is mostly wrong (a cut the
 # planner missed, a whip pan): start the frame cold instead of dragging garbage along.
 MIN_RELIABLE_FRACTION = 0.2
@@ -223,8 +223,8 @@ class FrameLoop:
         beat = heartbeat
         self.tick = (lambda _progress: beat()) if beat is not None else None
         self.flow = FlowEstimator("medium")
-        # (input uint8, stylized float32) of the last LONG_TERM_GAP frames, newest last.
-        self.history: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=LONG_TERM_GAP)
+        # (input uint8, stylized float32) of the last HISTORY_FRAMES frames, newest last.
+        self.history: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=HISTORY_FRAMES)
         self.shot_start = 0
         self.overlap_before = 0  # frames before this index are a range's overlap
         # A seam pass (`nstd.temporal.seam`): frame -> its start image and the frames it
@@ -295,14 +295,14 @@ class FrameLoop:
         decoder = Prefetch(self._frames(info, rng), depth=4, name="decode")
         flows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow")
         try:
-            inputs: deque[np.ndarray] = deque(maxlen=LONG_TERM_GAP)  # inputs before `pending`
+            inputs: deque[np.ndarray] = deque(maxlen=HISTORY_FRAMES)  # inputs before `pending`
             pending: tuple[video.Frame, Future[FrameMotion] | None] | None = None
             for frame in decoder:
                 motion = None
                 if self._needs_motion(frame.index):
                     recent = list(inputs) + ([pending[0].rgb] if pending else [])
                     motion = flows.submit(self._motion, frame.index, frame.rgb,
-                                          recent[-LONG_TERM_GAP:])
+                                          recent[-HISTORY_FRAMES:])
                 if pending is not None:
                     inputs.append(pending[0].rgb)
                     self._one(pending[0], pending[1], sink)
