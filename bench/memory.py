@@ -74,7 +74,7 @@ def equality(weights: Path, side: int) -> list[dict[str, Any]]:
         if reference is None:
             reference = (values.detach(), x.grad.clone())
             continue
-        loss_diff = float((values[0] - reference[0][0]).abs() / reference[0][0].abs())
+        loss_diff = float((values[0].detach() - reference[0][0]).abs() / reference[0][0].abs())
         grad_diff = float((x.grad - reference[1]).abs().max() / reference[1].abs().max())
         rows.append({"size": side, "tile_core": tile_side,
                      "tiles": len(stylizer.tiles((side, side))),

@@ -242,3 +242,43 @@ def test_seams_and_encoding_start_while_other_units_still_run(tmp_path, vgg_weig
     assert kinds.index("encoded") < last_frame, "encoding waited for every unit"
     assert sorted(i for kind, i in timeline if kind == "frame") == list(range(48))
     assert kinds.count("seam") == 3 * 2 and kinds.count("encoded") == 48
+
+
+def test_a_masked_image_on_the_cluster_equals_the_local_result(tmp_path, vgg_weights_path):
+    """The masks travel with the job: each style in its own region, as in a local run."""
+    from PIL import Image
+
+    from nstd.daemon.engines import EngineCache
+    from nstd.job import JobRequest
+    from nstd.pipeline import run_job as run_locally
+
+    config = parse_config(settings(vgg_weights_path))
+    photo = write_test_image(tmp_path / "photo.png", size=SIZE, seed=3)
+    styles = [write_test_image(tmp_path / f"style{i}.png", size=(32, 32), seed=5 + i)
+              for i in range(2)]
+    masks = []
+    for i in range(2):
+        mask = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+        (mask[: SIZE[1] // 2] if i == 0 else mask[SIZE[1] // 2:]).fill(255)  # top, bottom
+        masks.append(tmp_path / f"{i}.half.mask.png")
+        Image.fromarray(mask, "L").save(masks[-1])
+    spec = JobSpec(job_id=7, name="photo.png", source=str(photo), kind="image",
+                   styles=tuple(map(str, styles)), masks=tuple(map(str, masks)),
+                   config=to_mapping(config), work_dir=str(tmp_path / "work7"),
+                   output=str(tmp_path / "out7.png"))
+    end, _ = run_on_cluster(spec, config)
+    assert end["event"] == "published", end
+
+    local = tmp_path / "local.png"
+    run_locally(JobRequest(source=photo, output=local, styles=tuple(styles), blend=(1.0, 1.0),
+                           config=config, masks=tuple(masks)),
+                EngineCache.load(config.model).stylizer(config))
+    ours = np.asarray(Image.open(spec.output))
+    theirs = np.asarray(Image.open(local))
+    assert ours.shape == theirs.shape == (SIZE[1], SIZE[0], 3)
+    assert np.array_equal(ours, theirs)
+    unmasked = tmp_path / "unmasked.png"
+    run_locally(JobRequest(source=photo, output=unmasked, styles=tuple(styles),
+                           blend=(1.0, 1.0), config=config),
+                EngineCache.load(config.model).stylizer(config))
+    assert not np.array_equal(ours, np.asarray(Image.open(unmasked)))  # the masks did act

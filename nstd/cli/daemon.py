@@ -318,7 +318,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 print(f"{job.source}: still not usable ({intake.error}); fix it in {failed} "
                       "and retry; skipped")
                 continue
-            ledger.set_settings(job.id, intake.settings, style=intake.style)
+            ledger.set_settings(job.id, intake.settings, style=intake.style, masks=intake.masks)
             # The file goes back first: if the daemon notices it before the ledger changes,
             # it queues it as a new job and `Ledger.retry` then leaves the old row alone.
             for suffix in SIDECAR_SUFFIXES:

@@ -168,7 +168,8 @@ class StyleActor:
         no copy yet; ``styles``: style name -> ``[ObjectRef]`` of its bytes, likewise.
         """
         spec = UnitSpec(**{**unit, "styles": tuple(unit["styles"]), "cold": tuple(unit["cold"]),
-                           "known": tuple(unit["known"]), "size": tuple(unit["size"])})
+                           "known": tuple(unit["known"]), "size": tuple(unit["size"]),
+                           "masks": tuple(unit.get("masks", ()))})
         self.resume(spec.job_id)
         import ray
 
@@ -176,6 +177,9 @@ class StyleActor:
         style_paths = [node_file(spec.job_key, f"style-{name}",
                                  lambda ref=styles[name]: ray.get(ref[0]))
                        for name in spec.styles]
+        style_paths += [node_file(spec.job_key, f"mask-{name}",
+                                  lambda ref=styles[name]: ray.get(ref[0]))
+                        for name in spec.masks]  # after the styles: see _request
         failpoint("actor.unit")
         out: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
         done = object()
@@ -214,15 +218,13 @@ class StyleActor:
     def _engine(self, spec: UnitSpec, path: Path, styles: list[Path]) -> tuple[Any, Any, Any]:
         """(config, Stylizer, StyleTarget) of a job: built at its first unit on this actor
         (the style Grams cost a network pass), reused by the next ones."""
-        from nstd.job import JobRequest
         from nstd.pipeline import load_style_target
 
         cached = self._engines_by_job.get(spec.job_key)
         if cached is None:
             config = parse_config(spec.config)
             stylizer = self.engines.stylizer(config)
-            request = JobRequest(source=path, output=path.with_suffix(".out.mp4"),
-                                 styles=tuple(styles), blend=(1.0,), config=config)
+            request = _request(spec, path, path.with_suffix(".out.mp4"), styles, config)
             cached = (config, stylizer, load_style_target(stylizer, request))
             self._engines_by_job = {spec.job_key: cached}  # the latest job only
         return cached
@@ -241,15 +243,13 @@ class StyleActor:
             time.sleep(self.simulate)
             return FrameOut(0, path.read_bytes(), {"iterations": 0, "final_loss": 0.0,
                                                    "seconds": self.simulate})
-        from nstd.job import JobRequest
         from nstd.pipeline import load_style_target, stylize_image_file
 
         config = parse_config(spec.config)
         stylizer = self.engines.stylizer(config)
         with tempfile.TemporaryDirectory(prefix="nstd-image-") as folder:
             output = Path(folder) / _safe(spec.output_name or f"out{path.suffix}")
-            request = JobRequest(source=path, output=output, styles=tuple(styles),
-                                 blend=(1.0,), config=config)
+            request = _request(spec, path, output, styles, config)
             target = load_style_target(stylizer, request)
             report = stylize_image_file(request, stylizer, target, None,
                                         lambda: self._stopping(spec.job_id))
@@ -304,3 +304,14 @@ class StyleActor:
             put(FrameOut(frame.index, encode_png16(rgb.astype(np.float32) / 255.0,
                                                    self.wire_bits), record,
                          frame.index < spec.start))
+
+
+def _request(spec: UnitSpec, source: Path, output: Path, files: list[Path],
+             config: Any) -> Any:
+    """The engine's `JobRequest` for a unit: ``files`` are its style files, then its mask
+    files (one per style when the job has masks); the styles at equal weight."""
+    from nstd.job import JobRequest
+
+    count = len(spec.styles)
+    return JobRequest(source=source, output=output, styles=tuple(files[:count]),
+                      blend=(1.0,) * count, config=config, masks=tuple(files[count:]))

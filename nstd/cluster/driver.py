@@ -52,7 +52,8 @@ class JobShipment:
 
         self.key = key
         self.source = [ray.put(Path(spec.source).read_bytes())]
-        self.styles = {Path(s).name: [ray.put(Path(s).read_bytes())] for s in spec.styles}
+        self.styles = {Path(s).name: [ray.put(Path(s).read_bytes())]
+                       for s in (*spec.styles, *spec.masks)}  # masks: unique "<i>.<name>"
 
     def args(self) -> tuple[Any, ...]:
         return (self.source, self.styles)
@@ -162,7 +163,8 @@ class _Waiter:
 def _base_unit(spec: JobSpec, key: str, **fields: Any) -> UnitSpec:
     return UnitSpec(job_id=spec.job_id, job_key=key, name=Path(spec.source).name,
                     kind=spec.kind, config=spec.config,
-                    styles=tuple(Path(s).name for s in spec.styles), **fields)
+                    styles=tuple(Path(s).name for s in spec.styles),
+                    masks=tuple(Path(m).name for m in spec.masks), **fields)
 
 
 def _image(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
@@ -211,7 +213,8 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
     info = video.probe_video(source, config.limits)
     size = output_size(info.width, info.height, config.style.max_side)
     work = Path(spec.work_dir)
-    mark = fingerprint(source, tuple(Path(s) for s in spec.styles), (1.0,), config, info, size)
+    mark = fingerprint(source, tuple(Path(s) for s in spec.styles), (1.0,) * len(spec.styles),
+                       config, info, size, tuple(Path(m) for m in spec.masks))
     stored = FrameStore.stored_fingerprint(work)
     store = FrameStore.open(work, mark, restart=spec.restart or
                             (stored is not None and stored != mark))

@@ -33,6 +33,7 @@ class UnitSpec:
     kind: str  # image | video
     config: dict[str, Any]  # the job's merged config mapping
     styles: tuple[str, ...]  # style file names, matching the bytes shipped with the job
+    masks: tuple[str, ...] = ()  # one style mask file name per style (shipped likewise), or none
     output_name: str = ""  # image: the output's name (its extension picks the format)
     decode_from: int = 0
     seek_pts: int | None = None

@@ -3,7 +3,9 @@
     inbox/photo.jpg              -> daemon.default_style
     inbox/<name>/clip.mp4        -> styles/<name>.<ext>   (the first sub-folder names the style)
     inbox/.../clip.mp4.yaml      -> optional sidecar: `style_name: NAME` picks the style, and
-                                    the same sections and keys as config.yaml override settings
+                                    the same sections and keys as config.yaml override settings;
+                                    `style_masks: {NAME: FILE.mask.png, ...}` gives each style a
+                                    region (nstd.daemon.maskfiles)
 
 Everything here treats the inbox as hostile:
 - a style name is a plain file stem: no path separators, no `..`, nothing hidden, and the file
@@ -31,7 +33,8 @@ import yaml
 
 from nstd.config import Config, merge_overrides
 from nstd.daemon.jobspec import check_job, kind_of
-from nstd.errors import ConfigError, InputError
+from nstd.daemon.maskfiles import MASKS_KEY, check_masks, parse_masks
+from nstd.errors import ConfigError, InputError, UsageError
 from nstd.media.files import open_regular
 from nstd.media.images import IMAGE_EXTENSIONS
 from nstd.media.signature import check_signature
@@ -60,6 +63,9 @@ class Intake:
     settings: dict[str, Any] = field(default_factory=dict)  # the sidecar's overrides
     sidecar: Path | None = None
     error: str | None = None
+    # ((style, mask file name), ...) from the sidecar's style_masks; ``style`` is then the
+    # styles joined by "+" (the output's label)
+    masks: tuple[tuple[str, str], ...] = ()
     # The file itself is refused (its first bytes are not what its name says): like a file
     # a worker found unreadable, it goes to failed/ only if it stays unchanged a while (a
     # copy that paused is not a broken file).
@@ -194,12 +200,16 @@ def _check_size(value: Any, path: Path) -> None:
 
 
 def split_sidecar(data: Mapping[str, Any], name: str) -> tuple[str | None, dict[str, Any]]:
-    """``(style_name or None, overrides)``; checks the keys a job may not set (ConfigError)."""
-    overrides = {k: v for k, v in data.items() if k != STYLE_KEY}
+    """``(style_name or None, overrides)``; checks the keys a job may not set (ConfigError).
+    The masks are read by `sidecar_masks`."""
+    overrides = {k: v for k, v in data.items() if k not in (STYLE_KEY, MASKS_KEY)}
     style = data.get(STYLE_KEY)
     problems = []
     if STYLE_KEY in data and (not isinstance(style, str) or not style):
         problems.append(f"{STYLE_KEY}: must be the name of a style image, got {style!r}")
+    if STYLE_KEY in data and MASKS_KEY in data:
+        problems.append(f"{STYLE_KEY} and {MASKS_KEY}: give one ({MASKS_KEY} names every "
+                        "style with its mask)")
     for section in _FORBIDDEN_SECTIONS:
         if section in overrides:
             problems.append(f"{section}: cannot be set per job (only in config.yaml)")
@@ -210,6 +220,17 @@ def split_sidecar(data: Mapping[str, Any], name: str) -> tuple[str | None, dict[
     if problems:
         raise ConfigError(problems, source=f"sidecar {name}")
     return (style if isinstance(style, str) else None), overrides
+
+
+def sidecar_masks(data: Mapping[str, Any], name: str) -> tuple[tuple[str, str], ...]:
+    """The sidecar's ``style_masks`` as ((style, mask file), ...); () without it.
+    Raises ConfigError naming the sidecar."""
+    if MASKS_KEY not in data:
+        return ()
+    try:
+        return parse_masks(data[MASKS_KEY])
+    except UsageError as exc:
+        raise ConfigError([str(exc)], source=f"sidecar {name}") from None
 
 
 def job_config(config: Config, settings: Mapping[str, Any], base_dir: Path,
@@ -242,10 +263,13 @@ def decide(source: str, path: Path, config: Config) -> Intake:
     style = folder_style(source) or config.daemon.default_style
     sidecar = sidecar_for(path)
     settings: dict[str, Any] = {}
+    masks: tuple[tuple[str, str], ...] = ()
     try:
         if sidecar is not None:
-            named, settings = split_sidecar(read_sidecar(sidecar), sidecar.name)
-            style = named or style
+            data = read_sidecar(sidecar)
+            named, settings = split_sidecar(data, sidecar.name)
+            masks = sidecar_masks(data, sidecar.name)
+            style = "+".join(s for s, _ in masks) if masks else named or style
         # Validate now (the ledger stores the overrides): the merged config, and what the
         # job's kind needs from it (nstd.daemon.jobspec.check_job).
         merged = job_config(config, settings, inbox,
@@ -254,7 +278,9 @@ def decide(source: str, path: Path, config: Config) -> Intake:
         if problems:
             raise ConfigError(problems, source=f"sidecar {sidecar.name}" if sidecar else
                               "settings")
-        resolve_style(Path(config.daemon.styles), style)
+        for name in [s for s, _ in masks] or [style]:
+            resolve_style(Path(config.daemon.styles), name)
+        check_masks(masks, inbox, source, path, kind_of(path), config.limits.max_pixels)
         size = os.lstat(path).st_size
         if size > config.limits.max_file_bytes:
             raise InputError(f"{path.name} is {size} bytes, more than limits.max_file_bytes "
@@ -270,11 +296,11 @@ def decide(source: str, path: Path, config: Config) -> Intake:
     try:  # 16 bytes: a text file named .jpg never takes a worker's turn
         check_signature(path, user_name(inbox, source))
     except InputError as exc:
-        return Intake(source, style, settings, sidecar, str(exc), unreadable=True)
+        return Intake(source, style, settings, sidecar, str(exc), unreadable=True, masks=masks)
     except OSError as exc:
         return Intake(source, style, settings, sidecar,
-                      f"cannot read {path.name}: {exc.strerror or exc}")
-    return Intake(source, style, settings, sidecar)
+                      f"cannot read {path.name}: {exc.strerror or exc}", masks=masks)
+    return Intake(source, style, settings, sidecar, masks=masks)
 
 
 def _printable(value: Any) -> str:

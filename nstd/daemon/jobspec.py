@@ -68,15 +68,18 @@ class JobSpec:
     output: str  # recorded in the ledger before the job was sent
     restart: bool = False  # restart policy: discard stored frames whatever they hold
     verify_existing: bool = False  # the output exists: check it instead of computing
+    masks: tuple[str, ...] = ()  # one style mask per style (copies in the work folder), or none
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["styles"] = list(self.styles)
+        data["masks"] = list(self.masks)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**{**data, "styles": tuple(data["styles"])})
+        return cls(**{**data, "styles": tuple(data["styles"]),
+                      "masks": tuple(data.get("masks", ()))})
 
 
 def kind_of(name: str | os.PathLike[str]) -> str | None:

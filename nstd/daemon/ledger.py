@@ -32,7 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -45,7 +45,7 @@ from nstd.text import plural
 log = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HASH_CHUNK = 64 * 1024
 BUSY_TIMEOUT_MS = 10_000
 # Backoff doubles per attempt; the cap keeps a large max_attempts from waiting for weeks.
@@ -87,6 +87,10 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX jobs_live_key ON jobs (source, content_key)
         WHERE state IN ('queued', 'running', 'done');
     """,
+    # 2: style masks named by a sidecar (nstd.daemon.maskfiles): [[style, mask file], ...]
+    """
+    ALTER TABLE jobs ADD COLUMN masks TEXT NOT NULL DEFAULT '[]'
+    """,
 )
 
 
@@ -111,6 +115,8 @@ class Job:
     finished: float | None
     output: str | None
     error: str | None
+    # ((style, mask file name), ...) from the sidecar's style_masks; empty: one style, no mask
+    masks: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -120,14 +126,19 @@ class Job:
 
 _COLUMNS = (
     "id, source, content_key, style, settings, state, attempts, lease_until, not_before, "
-    "progress_done, progress_total, eta_seconds, created, started, finished, output, error"
+    "progress_done, progress_total, eta_seconds, created, started, finished, output, error, masks"
 )
 
 
 def _job(row: tuple[Any, ...]) -> Job:
     values = list(row)
     values[4] = json.loads(values[4])
+    values[17] = tuple((str(style), str(mask)) for style, mask in json.loads(values[17]))
     return Job(*values)
+
+
+def _masks_json(masks: Sequence[tuple[str, str]]) -> str:
+    return json.dumps([[style, mask] for style, mask in masks])
 
 
 def ledger_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -301,7 +312,7 @@ class Ledger:
 
     # ----------------------------------------------------------------- writing
     def enqueue(self, source: str, key: str, style: str, settings: Mapping[str, Any],
-                now: float) -> Job | None:
+                now: float, masks: Sequence[tuple[str, str]] = ()) -> Job | None:
         """Queue ``source`` (POSIX path relative to the inbox) unless already known.
 
         Returns None when the same source with the same content key is queued, running or
@@ -323,8 +334,8 @@ class Ledger:
                 log.info("%s was replaced before it was started; queued again", source)
             cur = db.execute(
                 "INSERT INTO jobs (source, content_key, style, settings, state, not_before, "
-                "created) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (source, key, style, payload, now, now))
+                "created, masks) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (source, key, style, payload, now, now, _masks_json(masks)))
             job_id = cur.lastrowid
         job = self.get(job_id)
         assert job is not None  # just inserted by this connection
@@ -484,13 +495,16 @@ class Ledger:
             db.execute("UPDATE jobs SET output = ? WHERE id = ?", (output, job_id))
 
     def set_settings(self, job_id: int, settings: Mapping[str, Any],
-                     style: str | None = None) -> None:
+                     style: str | None = None,
+                     masks: Sequence[tuple[str, str]] | None = None) -> None:
         """Replace a job's per-job settings (e.g. a smaller style.max_side after running out
-        of memory, or a sidecar fixed before `nstd retry`), and its style when given."""
+        of memory, or a sidecar fixed before `nstd retry`), and its style and masks when
+        given."""
         payload = json.dumps(dict(settings), sort_keys=True)
         with self._write() as db:
-            db.execute("UPDATE jobs SET settings = ?, style = COALESCE(?, style) WHERE id = ?",
-                       (payload, style, job_id))
+            db.execute("UPDATE jobs SET settings = ?, style = COALESCE(?, style), "
+                       "masks = COALESCE(?, masks) WHERE id = ?",
+                       (payload, style, None if masks is None else _masks_json(masks), job_id))
 
     def release(self, job_id: int, now: float) -> bool:
         """Put a running job back to ``queued`` without counting the attempt (the daemon was

@@ -70,6 +70,7 @@ from nstd.daemon.intake import (
 )
 from nstd.daemon.jobspec import INPUT_FOLDER, STORE_FOLDER, JobSpec, check_job, kind_of, link_source
 from nstd.daemon.ledger import Job, Ledger, content_key
+from nstd.daemon.maskfiles import MASKS_FOLDER, check_masks, link_masks, mask_path
 from nstd.daemon.notify import SystemdNotifier, watchdog_interval
 from nstd.daemon.pool import ProcessBackend, WorkerPlan, describe_exit, plan_workers
 from nstd.daemon.schedule import WorkGate
@@ -745,7 +746,8 @@ class Supervisor:
             problems = check_job(config, kind)
             if problems:
                 raise ConfigError(problems, source="settings")
-            style_path = resolve_style(self.styles, job.style)
+            style_paths = [resolve_style(self.styles, name)
+                           for name in [s for s, _ in job.masks] or [job.style]]
             if kind is None:
                 raise InputError(f"{path.name}: not an image or a video nstd can read")
         except ConfigError as exc:
@@ -757,9 +759,18 @@ class Supervisor:
             return None
         work = self.work / str(job.id)
         try:
+            masks = self._take_masks(job, work)
+        except InputError as exc:  # a mask went or changed since intake: the user must act
+            self._fail(job, str(exc), self._clock(), permanent=True)
+            return None
+        except OSError as exc:
+            self._fail(job, f"cannot copy a style mask: {exc.strerror or exc}", self._clock(),
+                       permanent=False)
+            return None
+        try:
             failpoint("daemon.link")
             linked = link_source(path, work / INPUT_FOLDER, job.content_key)
-            output = self._output_for(job, kind, style_label(style_path))
+            output = self._output_for(job, kind, "+".join(map(style_label, style_paths)))
             output.parent.mkdir(parents=True, exist_ok=True)
         except InputError:
             self._drop(job, path, "replaced", mono)
@@ -776,9 +787,20 @@ class Supervisor:
             log.info("started %s (job %d, %s, style %s)", job.source, job.id, attempt,
                      job.style)
         return JobSpec(job_id=job.id, name=job.source, source=str(linked), kind=kind,
-                       styles=(str(style_path),), config=to_mapping(config),
+                       styles=tuple(map(str, style_paths)), config=to_mapping(config),
+                       masks=tuple(map(str, masks)),
                        work_dir=str(work / STORE_FOLDER), output=str(output),
                        verify_existing=existing)
+
+    def _take_masks(self, job: Job, work: Path) -> tuple[Path, ...]:
+        """The job's style masks copied into its work folder (the copies are what the worker
+        reads). InputError (the job fails) when one is missing or no longer valid."""
+        if not job.masks:
+            return ()
+        check_masks(job.masks, self.inbox, job.source, self.inbox / job.source,
+                    kind_of(job.source), self.config.limits.max_pixels)
+        return link_masks([mask_path(self.inbox, job.source, m) for _, m in job.masks],
+                          work / INPUT_FOLDER / MASKS_FOLDER)
 
     def _drop(self, job: Job, path: Path, why_not: str, mono: float) -> None:
         self.ledger.forget(job.id)
@@ -937,7 +959,7 @@ class Supervisor:
             self._finish_failed(prior, path, now)
             return
         intake = take(self.inbox, path, self.config)
-        job = self.ledger.enqueue(rel, key, intake.style, intake.settings, now)
+        job = self.ledger.enqueue(rel, key, intake.style, intake.settings, now, intake.masks)
         self._remember(path, sig)
         if job is None:
             self._already_known(path, rel, key)

@@ -33,6 +33,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from nstd.daemon.intake import SIDECAR_SUFFIXES
+from nstd.daemon.maskfiles import is_mask_name
 from nstd.media.container import VIDEO_EXTENSIONS
 from nstd.media.images import IMAGE_EXTENSIONS
 
@@ -67,7 +68,8 @@ _once = _Once()
 
 
 def is_candidate_name(path: str | os.PathLike[str]) -> bool:
-    """True when the file name could be a job: not hidden, not partial, not a sidecar, media.
+    """True when the file name could be a job: not hidden, not partial, not a sidecar nor a
+    style mask (``*.mask.png``, nstd.daemon.maskfiles), media.
 
     Looks at the name only (the last component); `scan_inbox` and `InboxEventHandler` also
     skip hidden folders.
@@ -76,7 +78,7 @@ def is_candidate_name(path: str | os.PathLike[str]) -> bool:
     if not name or name.startswith("."):
         return False
     suffix = os.path.splitext(name)[1].lower()
-    if suffix in PARTIAL_SUFFIXES or suffix in SIDECAR_SUFFIXES:
+    if suffix in PARTIAL_SUFFIXES or suffix in SIDECAR_SUFFIXES or is_mask_name(name):
         return False
     return suffix in MEDIA_EXTENSIONS
 
@@ -112,6 +114,10 @@ def _log_skipped_name(path: Path) -> None:
     suffix = path.suffix.lower()
     if name.startswith(".") or suffix in PARTIAL_SUFFIXES or suffix in SIDECAR_SUFFIXES:
         return  # temp files, in-progress downloads, sidecars: nothing to tell the user
+    if is_mask_name(name):
+        _once(("mask", path), logging.INFO,
+              "left alone: %s (a style mask, named *.mask.* so it is never a job)", path)
+        return
     _once(("ext", path), logging.INFO,
           "left alone: %s (not an image or video extension: %s)",
           path, ", ".join(sorted(MEDIA_EXTENSIONS)))

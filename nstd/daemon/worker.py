@@ -25,6 +25,7 @@ PR_SET_PDEATHSIG), the worker exits at once: a job must never run twice.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import queue
@@ -181,7 +182,6 @@ def execute(spec: JobSpec, engines: Any, emit: Emit, should_stop: Callable[[], b
 def _run(spec: JobSpec, engines: Any, reporter: _Reporter, should_stop: Callable[[], bool],
          runner: Callable[..., Any] | None) -> str:
     from nstd.daemon import outcome
-    from nstd.job import JobRequest
 
     config = parse_config(spec.config)
     source, output = Path(spec.source), Path(spec.output)
@@ -193,9 +193,9 @@ def _run(spec: JobSpec, engines: Any, reporter: _Reporter, should_stop: Callable
         except OutputError as exc:
             raise _NameTaken(f"{output} is not a complete result of this job ({exc})") from None
         return "already published"
-    request = JobRequest(source=source, output=output, styles=tuple(Path(s) for s in spec.styles),
-                         blend=(1.0,), config=config, work_dir=Path(spec.work_dir),
-                         restart=spec.restart or _stale_frames(spec, config, reporter))
+    request = _request(spec, config)
+    request = dataclasses.replace(request,
+                                  restart=spec.restart or _stale_frames(spec, config, reporter))
     if runner is None:
         from nstd.pipeline import run_job as runner
     started = time.monotonic()
@@ -213,13 +213,23 @@ def _run(spec: JobSpec, engines: Any, reporter: _Reporter, should_stop: Callable
     return _summary(report, time.monotonic() - started)
 
 
+def _request(spec: JobSpec, config: Config) -> Any:
+    """The engine's `JobRequest` for a daemon job: its styles at equal weight (each in its
+    own region when the job has masks)."""
+    from nstd.job import JobRequest  # imports torch: only in a worker that runs a job
+
+    return JobRequest(source=Path(spec.source), output=Path(spec.output),
+                      styles=tuple(Path(s) for s in spec.styles),
+                      blend=(1.0,) * len(spec.styles), config=config,
+                      work_dir=Path(spec.work_dir), masks=tuple(Path(m) for m in spec.masks))
+
+
 def _stale_frames(spec: JobSpec, config: Config, reporter: _Reporter) -> bool:
     """Were this video's stored frames made with other settings or input? Decided by the
     frame store's fingerprint against this job's (explicitly: nothing is inferred from an
     error). Frames that do not match are discarded by the run; matching ones are resumed."""
     if spec.kind != "video":
         return False
-    from nstd.job import JobRequest
     from nstd.media.container import probe_video
     from nstd.temporal.frames import fingerprint, output_size
     from nstd.temporal.store import FrameStore
@@ -228,9 +238,7 @@ def _stale_frames(spec: JobSpec, config: Config, reporter: _Reporter) -> bool:
     if stored is None:
         return False
     info = probe_video(spec.source, config.limits, progress=reporter.packets("probe", 0))
-    request = JobRequest(source=Path(spec.source), output=Path(spec.output),
-                         styles=tuple(Path(s) for s in spec.styles), blend=(1.0,),
-                         config=config, work_dir=Path(spec.work_dir))
+    request = _request(spec, config)
     size = output_size(info.width, info.height, config.style.max_side)
     if stored == fingerprint(request, info, size):
         return False

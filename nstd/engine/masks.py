@@ -26,10 +26,7 @@ from torch import Tensor
 
 from nstd.engine.tiling import stride_of
 from nstd.errors import UsageError
-
-# Relative difference of aspect ratios accepted between a mask and the image (a mask saved
-# at another resolution rounds its sides differently).
-ASPECT_TOLERANCE = 0.02
+from nstd.geometry import same_aspect
 
 
 def check_mask(mask: Tensor, index: int) -> None:
@@ -45,8 +42,7 @@ def check_mask(mask: Tensor, index: int) -> None:
 def check_aspect(mask: Tensor, size: tuple[int, int], index: int) -> None:
     """UsageError when the mask's aspect ratio differs from the image's (H, W)."""
     h, w = int(mask.shape[-2]), int(mask.shape[-1])
-    mask_ratio, image_ratio = w / h, size[1] / size[0]
-    if abs(mask_ratio - image_ratio) > ASPECT_TOLERANCE * image_ratio:
+    if not same_aspect((h, w), size):
         raise UsageError(f"style mask {index} is {w}x{h} but the image is {size[1]}x{size[0]}; "
                          "a mask must have the image's aspect ratio")
 

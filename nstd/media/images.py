@@ -250,6 +250,16 @@ def _decode_pil(path: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | N
     )
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(H, W) of the image upright (EXIF orientation applied), from its header only.
+    Raises InputError like `read_image`."""
+    path = Path(path)
+    with _open(path) as im:
+        width, height = im.size
+        turned = _orientation(im) in (5, 6, 7, 8)
+    return (width, height) if turned else (height, width)
+
+
 def read_image(path: str | os.PathLike[str], max_pixels: int, *,
                max_side: int | None = None) -> LoadedImage:
     """Decode an image file upright, refusing bombs before decoding.

@@ -140,7 +140,7 @@ def default_work_dir(output: Path) -> Path:
 def fingerprint(request: JobRequest, info: video.VideoInfo, size: tuple[int, int]) -> dict:
     """Everything the stored frames depend on (`nstd.temporal.plan.fingerprint`)."""
     return planning.fingerprint(request.source, request.styles, request.blend, request.config,
-                                info, size)
+                                info, size, request.masks)
 
 
 def stylize_video_file(

@@ -33,11 +33,15 @@ def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 
 def fingerprint(source: Path, styles: Sequence[Path], blend: Sequence[float], config: Config,
-                info: video.VideoInfo, size: tuple[int, int]) -> dict[str, Any]:
-    """Everything the stored frames depend on; any change forbids mixing old frames in."""
+                info: video.VideoInfo, size: tuple[int, int],
+                masks: Sequence[Path] = ()) -> dict[str, Any]:
+    """Everything the stored frames depend on; any change forbids mixing old frames in.
+    `masks`: the style masks' files, if any (a job without masks keeps the fingerprint it
+    had before masks existed, so its stored frames stay valid)."""
     mapping = to_mapping(config)
     stat = source.stat()
-    return {
+    extra = {"masks": [fsutil.sha256_file(p) for p in masks]} if masks else {}
+    return {**extra,
         "source": f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
         "styles": [fsutil.sha256_file(p) for p in styles],
         "blend": list(blend),
