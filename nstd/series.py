@@ -37,3 +37,26 @@ class Series:
         """The means so far, oldest first (the last one may cover fewer samples)."""
         tail = [self._partial / self._count] if self._count else []
         return self._values + tail
+
+
+class IndexedSeries:
+    """Means of a series whose samples arrive out of order (a video's frames made by several
+    Ray actors at once): one value per filled range of `points` equal ranges of the indices
+    0 .. total - 1, in index order. Ranges with no sample yet are left out, so the line runs
+    over the frames made so far; memory stays at `points` values whatever the total."""
+
+    def __init__(self, total: int, points: int = 120) -> None:
+        if points < 1:
+            raise ValueError(f"points must be >= 1, got {points}")
+        self.per_point = max(1, -(-total // points))  # ceil: at most `points` ranges
+        self._sums: dict[int, float] = {}
+        self._counts: dict[int, int] = {}
+
+    def add(self, index: int, value: float) -> None:
+        key = index // self.per_point
+        self._sums[key] = self._sums.get(key, 0.0) + value
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def values(self) -> list[float]:
+        """The mean of each range that has samples, lowest indices first."""
+        return [self._sums[k] / self._counts[k] for k in sorted(self._sums)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from nstd.cluster.driver import _Tracker
 from nstd.daemon.worker import _Reporter
 from nstd.progress import JobProgress
-from nstd.series import Series
+from nstd.series import IndexedSeries, Series
 from nstd.web.page import running, sparkline
 
 
@@ -45,3 +46,24 @@ def test_the_running_job_shows_a_sparkline_of_its_frame_losses():
     assert '<svg class="losses"' in html and "0.4 … 0.5" in html
     assert html.count(",") >= 4  # four points
     assert sparkline(None) == sparkline([1.0]) == ""
+
+
+def test_frames_arriving_out_of_order_are_plotted_in_frame_order_within_bounds():
+    series = IndexedSeries(total=1000, points=10)  # ranges of 100 frames
+    for index in [*range(500, 600), *range(0, 100), 150]:  # two units, then one more frame
+        series.add(index, float(index // 100))
+    assert series.values() == [0.0, 1.0, 5.0]  # filled ranges only, lowest first
+    big = IndexedSeries(total=10**6, points=120)
+    for index in range(0, 10**6, 997):
+        big.add(index, 1.0)
+    assert len(big.values()) <= 120
+
+
+def test_the_ray_driver_sends_the_frame_losses_too():
+    events = []
+    tracker = _Tracker(9, events.append, total=4, done=0)
+    tracker.frame(2, 3.0)  # unit 2 first
+    tracker.last = float("-inf")  # every event due
+    tracker.frame(0, 1.0)
+    assert events[-1]["losses"] == [1.0, 3.0]
+    assert events[-1]["stage"] == "frame" and events[-1]["done"] == 2

@@ -36,6 +36,7 @@ from nstd.cluster.wire import FrameOut, UnitSpec
 from nstd.config import Config, parse_config
 from nstd.daemon.jobspec import JobSpec
 from nstd.errors import Interrupted, OutputError
+from nstd.series import IndexedSeries
 
 log = logging.getLogger("nstd.cluster")
 
@@ -68,10 +69,15 @@ class _Tracker:
         self.started = time.monotonic()
         self.last = float("-inf")
         self.lock = threading.Lock()
+        # The frame losses made in this run, for the status page's sparkline (as a local
+        # worker sends them), by frame position since units finish out of order.
+        self.losses = IndexedSeries(total)
 
-    def frame(self) -> None:
+    def frame(self, index: int, loss: float | None) -> None:
         with self.lock:
             self.done += 1
+            if loss is not None:
+                self.losses.add(index, loss)
             self.tick(final=self.done >= self.total)
 
     def tick(self, *, final: bool = False) -> None:
@@ -83,7 +89,8 @@ class _Tracker:
         rate = made / (now - self.started) if made and now > self.started else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else None
         self.emit({"event": "progress", "job": self.job_id, "stage": "frame",
-                   "done": self.done, "total": self.total, "eta": eta})
+                   "done": self.done, "total": self.total, "eta": eta,
+                   "losses": [float(f"{v:.4g}") for v in self.losses.values()]})
 
 
 def run_job(spec: JobSpec, pool: ActorPool, emit: Emit, should_stop: Callable[[], bool],
@@ -347,7 +354,7 @@ class _VideoUnit:
                 self.store.save_side_bytes(item.index, item.png, "overlap")
             else:
                 self.store.save_bytes(item.index, item.png, item.record)
-                tracker.frame()
+                tracker.frame(item.index, item.record.get("loss"))
         return store_frame
 
 
