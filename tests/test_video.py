@@ -139,6 +139,33 @@ def test_rotated_clip_comes_out_upright(tmp_path: Path, rotation: int) -> None:
     assert frames_close(out_frames[0].rgb, expected[0], 10)
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_frames_are_converted_straight_to_a_smaller_size_as_an_area_resize_would(
+        tmp_path: Path, rotation: int) -> None:
+    """A 4K source is never a full-size RGB array: FFmpeg scales each picture down itself."""
+    import cv2
+
+    src = write_test_clip(tmp_path / "big.mp4", frames=3, size=(128, 96), rotation=rotation)
+    info = video.probe_video(src, LIMITS)
+    small = (info.width // 4, info.height // 4)
+    reduced = list(video.iter_frames(src, info, size=small))
+    full = list(video.iter_frames(src, info))
+    assert [f.rgb.shape for f in reduced] == [(small[1], small[0], 3)] * 3
+    for r, f in zip(reduced, full, strict=True):
+        area = cv2.resize(f.rgb, small, interpolation=cv2.INTER_AREA)
+        # This clip's texture changes every pixel and colour; FFmpeg scales the half-size
+        # chroma itself, so colours differ a little more than on footage (~1 level there).
+        assert np.abs(r.rgb.astype(int) - area.astype(int)).mean() < 8.0
+        assert np.abs(_luma(r.rgb) - _luma(area)).mean() < 2.0
+    # Never enlarged: a size above the source's gives the source's own frames.
+    same = next(video.iter_frames(src, info, size=(info.width * 2, info.height * 2)))
+    assert same.rgb.shape == full[0].rgb.shape
+
+
 def test_odd_dimensions_become_even(tmp_path: Path) -> None:
     src = write_test_clip(tmp_path / "odd.mkv", frames=5, size=(63, 47))
     info, frames = _round_trip(src, tmp_path / "out.mp4")

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import av
 import cv2
@@ -289,6 +289,18 @@ def _normalize_rotation(degrees: float) -> int:
     return int(quarter * 90) % 360
 
 
+def _conversion(info: VideoInfo, size: tuple[int, int] | None) -> dict[str, Any]:
+    """The stored-orientation RGB size (and scaler) frames are converted to: square pixels
+    at the coded height, or ``size`` (w, h, upright) when that is smaller."""
+    full = {"width": info.square_width, "height": info.coded_height}
+    if size is None:
+        return full
+    w, h = size if info.rotation in (0, 180) else (size[1], size[0])
+    if w >= full["width"] or h >= full["height"]:
+        return full  # never enlarged here: the caller decides what to do with a small source
+    return {"width": w, "height": h, "interpolation": "AREA"}
+
+
 def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     """Turn a stored frame (H, W, 3) counter-clockwise by `rotation` degrees."""
     if rotation == 0:
@@ -525,11 +537,15 @@ def _check_complete(
 
 
 def iter_frames(path: Source, info: VideoInfo, *, start_index: int = 0,
-                start_pts: int | None = None) -> Iterator[Frame]:
+                start_pts: int | None = None,
+                size: tuple[int, int] | None = None) -> Iterator[Frame]:
     """Decode the video stream as upright RGB frames, streaming (memory does not grow).
 
     Yields Frame(index, rgb (H,W,3) uint8 at info.width x info.height, pts, time_base,
-    duration). The decoder is flushed at the end so the last frames are not lost. Raises
+    duration); with ``size`` (w, h, upright) smaller than that, at ``size`` instead: FFmpeg
+    converts each decoded picture straight to the small RGB frame (area averaging), so a
+    4K or 8K source never exists as a full-size RGB array (8K: 100 MB per frame, times the
+    decode queue). The decoder is flushed at the end so the last frames are not lost. Raises
     InputError if decoding fails part-way or ends noticeably short of `info` (truncated or
     corrupt), saying how many frames and seconds were decodable of how many expected.
 
@@ -541,15 +557,15 @@ def iter_frames(path: Source, info: VideoInfo, *, start_index: int = 0,
     the file is decoded from the start and the frames before ``start_index`` are skipped.
     """
     if start_index > 0:
-        yield from _iter_from(_as_source(path), info, start_index, start_pts)
+        yield from _iter_from(_as_source(path), info, start_index, start_pts, size)
         return
-    yield from _iter_all(_as_source(path), info)
+    yield from _iter_all(_as_source(path), info, size=size)
 
 
 def _iter_from(path: Path | InMemory, info: VideoInfo, start_index: int,
-               start_pts: int | None) -> Iterator[Frame]:
+               start_pts: int | None, size: tuple[int, int] | None) -> Iterator[Frame]:
     if start_pts is not None:
-        seeked = _iter_all(path, info, seek_pts=start_pts)
+        seeked = _iter_all(path, info, seek_pts=start_pts, size=size)
         first = next(seeked, None)
         if first is not None and first.pts == start_pts:
             offset = start_index - first.index
@@ -561,16 +577,17 @@ def _iter_from(path: Path | InMemory, info: VideoInfo, start_index: int,
         seeked.close()
         log.info("%s: seeking to frame %d failed; decoding from the start", path.name,
                  start_index)
-    for frame in _iter_all(path, info):
+    for frame in _iter_all(path, info, size=size):
         if frame.index >= start_index:
             yield frame
 
 
-def _iter_all(path: Path | InMemory, info: VideoInfo,
-              seek_pts: int | None = None) -> Iterator[Frame]:
+def _iter_all(path: Path | InMemory, info: VideoInfo, seek_pts: int | None = None,
+              size: tuple[int, int] | None = None) -> Iterator[Frame]:
     """Every frame from the start, or (``seek_pts``) from the keyframe before that pts on,
     skipping frames before it: indices then count from 0 at the frame at ``seek_pts``, and
-    the decoded count is not checked against the probe."""
+    the decoded count is not checked against the probe. ``size``: see `iter_frames`."""
+    convert = _conversion(info, size)
     # Frames may not grow far past what was probed: a stream that switches to a huge size
     # mid-way fails instead of allocating it.
     max_pixels = _decoder_cap(info.coded_width * info.coded_height)
@@ -604,10 +621,9 @@ def _iter_all(path: Path | InMemory, info: VideoInfo,
                         first_pts = pts
                     last_pts = pts
                     last_end = pts + (duration or step)
-                    # Scaled to square pixels (and any mid-stream size change undone).
-                    rgb = frame.to_ndarray(
-                        format="rgb24", width=info.square_width, height=info.coded_height
-                    )
+                    # Scaled to square pixels (and any mid-stream size change undone), or
+                    # straight to the requested smaller size.
+                    rgb = frame.to_ndarray(format="rgb24", **convert)
                     yield Frame(
                         index=index,
                         rgb=_upright(rgb, info.rotation),

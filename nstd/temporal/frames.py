@@ -242,7 +242,7 @@ class FrameLoop:
     def _frames(self, info: video.VideoInfo, rng: FrameRange) -> Iterator[video.Frame]:
         w, h = self.size
         for frame in video.iter_frames(self.request.source, info, start_index=rng.decode_from,
-                                       start_pts=rng.seek_pts):
+                                       start_pts=rng.seek_pts, size=self.size):
             if frame.index >= rng.stop:
                 return
             if frame.rgb.shape[1] != w or frame.rgb.shape[0] != h:
