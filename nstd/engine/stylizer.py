@@ -30,7 +30,7 @@ Choices that depart from the paper or from common code, and why:
   weights (x10, x0.1) leave every iterate identical instead of diverging by rounding along
   a chaotic trajectory (a video's frames differed by up to 13 grey levels at x10 without it).
 
-What the loss figures mean (the same everywhere: progress, results, `--json`, the README):
+What the loss figures mean (the same everywhere: progress, results, `--json`, docs/progress.md):
 `total` = content + style + tv, the weighted Gatys et al. objective; a video's warm frames
 also minimise `temporal` (the pull towards the warped previous frame), which is reported
 under its own name and never included in `total`, so totals compare across modes.

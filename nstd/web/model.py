@@ -4,7 +4,7 @@ The ledger (thread-safe: `Ledger` holds a lock) gives jobs; the supervisor's wor
 each worker's state and the running job's live progress (read without locking: plain
 attributes, and a torn read only shows one poll a stale figure).
 
-ETA model (documented in the README, "Status page"): a running job's ETA is its worker's
+ETA model (documented in docs/progress.md): a running job's ETA is its worker's
 (extrapolated from this run's rate); a queued job is expected to take as long as the median
 duration of the last `HISTORY` done jobs of its kind (image or video), or nothing is claimed
 (``null``) before one of that kind has finished. Jobs are assumed to run one after the other
