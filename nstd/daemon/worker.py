@@ -16,10 +16,11 @@ progress or heartbeat event, at most about one per second: the supervisor kills 
 silent for longer than ``daemon.stall_seconds``, so nothing here beats a heartbeat from a
 timer thread (that would hide a wedged main thread).
 
-Signals: the supervisor's "stop" message, or a SIGINT/SIGTERM sent to the worker itself (the
-service's whole cgroup gets one), stops the job between frames (stored frames kept) and ends
-the process; a second signal ends it at once. When the supervisor dies (its pipe closes, or
-PR_SET_PDEATHSIG), the worker exits at once: a job must never run twice.
+Signals: the supervisor's "stop" message, or a SIGINT/SIGTERM sent to the worker itself (a
+Ctrl-C in a terminal reaches the whole process group; under systemd's KillMode=mixed only
+the supervisor gets SIGTERM and sends "stop"), stops the job between frames (stored frames
+kept) and ends the process; a second signal ends it at once. When the supervisor dies (its
+pipe closes, or PR_SET_PDEATHSIG), the worker exits at once: a job must never run twice.
 """
 
 from __future__ import annotations
