@@ -109,7 +109,10 @@ def _recount_sql() -> str:
 
 
 def _trigger_bodies() -> dict[str, str]:
-    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _COUNTED_COLUMNS[1:])
+    """The three triggers after ``CREATE TRIGGER name``. An update counts only when the state
+    changed, or a finished row's counted columns did: a frame's progress on a running job
+    (one commit per frame) does no counter work."""
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _COUNTED_COLUMNS if c != "state")
     return {
         "insert": f"AFTER INSERT ON jobs BEGIN {_upserts('NEW', '')} END",
         "delete": f"AFTER DELETE ON jobs BEGIN {_upserts('OLD', '-')} END",
