@@ -89,3 +89,16 @@ def test_eta_trace_sets_each_eta_beside_the_real_remaining_time(
     assert all(r["eta_seconds"] is not None for r in rows[1:])
     assert rows[-1]["real_remaining_seconds"] == 0
     assert "unknown" in capsys.readouterr().out
+
+
+def test_ledger_bench_times_every_status_reader_and_checks_the_counters(
+        capsys: pytest.CaptureFixture) -> None:
+    """bench/ledger.py on a small ledger (the real run has 100,000 finished jobs): it builds
+    the ledger through the real schema, serves it and times each reader."""
+    bench = load("ledger")
+    bench.main(["--jobs", "300", "--repeat", "2"])  # the 100 ms verdict is the real run's
+    text = capsys.readouterr().out
+    for reader in ("GET /metrics", "GET /api/status.json", "nstd status",
+                   "(Ledger.recount: a full scan)"):
+        assert f"\n{reader} " in text, reader
+    assert "300 finished jobs" in text and "counters equal a recount: True" in text

@@ -44,8 +44,7 @@ from typing import Any
 
 from nstd.config import Config
 from nstd.errors import InputError
-from nstd.media.container import VIDEO_EXTENSIONS
-from nstd.media.images import IMAGE_EXTENSIONS
+from nstd.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 INPUT_FOLDER = "input"  # work/<job id>/input/<name>: the linked source
 STORE_FOLDER = "store"  # work/<job id>/store/: a video's stored frames (FrameStore root)

@@ -19,6 +19,9 @@ Decisions (why):
   dedupe rule in the database itself.
 - One daemon per ledger: `DaemonLock` (flock on ``<ledger>.lock``) refuses a second one; leases
   then only tell ``nstd status`` whether the running job's daemon is still alive.
+- Totals over every job (per state, units of done jobs, failures by reason) are kept by
+  triggers in a ``counters`` table (`nstd.daemon.tally`), and ``recent`` reads an index: the
+  status readers cost the same with 100,000 finished jobs as with ten.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from nstd.daemon import tally
+from nstd.daemon.tally import Tally
 from nstd.errors import InputError, NstdError
 from nstd.faults import failpoint
 from nstd.media.files import open_regular
@@ -45,7 +50,7 @@ from nstd.text import plural
 log = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "jobs.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HASH_CHUNK = 64 * 1024
 BUSY_TIMEOUT_MS = 10_000
 # Backoff doubles per attempt; the cap keeps a large max_attempts from waiting for weeks.
@@ -90,6 +95,16 @@ _MIGRATIONS: tuple[str, ...] = (
     # 2: style masks named by a sidecar (nstd.daemon.maskfiles): [[style, mask file], ...]
     """
     ALTER TABLE jobs ADD COLUMN masks TEXT NOT NULL DEFAULT '[]'
+    """,
+    # 3: large ledgers. The totals the status readers show, kept by triggers (nstd.daemon.tally:
+    # created, and filled from the rows, by every writable open that lacks them), and the
+    # finished jobs by time, so `recent` reads the last few rows instead of sorting them all.
+    """
+    CREATE TABLE counters (
+        name  TEXT    PRIMARY KEY,                  -- jobs:<state>, units:<kind>, ...
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_finished ON jobs (finished, id) WHERE state IN ('done', 'failed')
     """,
 )
 
@@ -270,6 +285,8 @@ class Ledger:
             if version != SCHEMA_VERSION:
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            if tally.install(db):
+                log.info("counted the jobs in %s for the status readers", self.path)
 
     def _schema_version(self) -> int:
         try:
@@ -549,12 +566,19 @@ class Ledger:
                          (source, key))
 
     def counts(self) -> dict[str, int]:
-        """Jobs per state, every state present (zero when none)."""
+        """Jobs per state, every state present (zero when none). From the kept counters:
+        as cheap with 100,000 finished jobs as with none."""
+        return self.tally().counts
+
+    def tally(self) -> Tally:
+        """The totals over every job (`nstd.daemon.tally`), read from the kept counters."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(dict(rows))
-        return counts
+            return tally.read(self._db, STATES)
+
+    def recount(self) -> Tally:
+        """The same totals summed from the rows: a full scan, for checks and repairs."""
+        with self._lock:
+            return tally.recount(self._db, STATES)
 
     def active(self) -> list[Job]:
         """Running jobs, then queued ones in claim order (see `claim`)."""
@@ -563,10 +587,13 @@ class Ledger:
             "ORDER BY state = 'queued', not_before, id")
 
     def recent(self, limit: int = 20) -> list[Job]:
-        """The last ``limit`` finished (done or failed) jobs, newest first."""
+        """The last ``limit`` finished (done or failed) jobs, newest first (read in the order
+        of the ``jobs_finished`` index: ``limit`` rows, not the whole ledger)."""
+        # INDEXED BY: without statistics SQLite prefers jobs_claim (state = ?) and then sorts
+        # every finished job; the partial index gives them already in order.
         return self._many(
-            "WHERE state IN ('done', 'failed') ORDER BY finished DESC, id DESC LIMIT ?",
-            (limit,))
+            "INDEXED BY jobs_finished WHERE state IN ('done', 'failed') "
+            "ORDER BY finished DESC, id DESC LIMIT ?", (limit,))
 
 
 class DaemonLock:

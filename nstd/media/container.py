@@ -52,6 +52,7 @@ import numpy as np
 from nstd.errors import InputError, OutputError, TransientError, UsageError
 from nstd.media import files as fsutil
 from nstd.media.images import check_pixels
+from nstd.media.kinds import VIDEO_EXTENSIONS  # noqa: F401 - its home before media.kinds
 from nstd.media.signature import container_format
 from nstd.text import plural
 
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 PacketProgress = Callable[[int], None]  # packets (frames) counted so far
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 
 #: Output extensions VideoWriter accepts (H.264 can live in these), and their muxers.
 _OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}

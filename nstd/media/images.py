@@ -53,12 +53,10 @@ from PIL import Image, UnidentifiedImageError
 
 from nstd.errors import InputError, TransientError, UsageError
 from nstd.media import files as fsutil
+from nstd.media.kinds import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-)
 #: Output extensions whose format can store an alpha channel.
 ALPHA_EXTENSIONS: frozenset[str] = frozenset({".png", ".webp", ".tif", ".tiff"})
 #: Output extensions that can store 16 bits per channel.

@@ -14,7 +14,6 @@ estimates) / workers.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from pathlib import PurePosixPath
@@ -22,30 +21,11 @@ from typing import Any
 
 from nstd.daemon.jobspec import kind_of
 from nstd.daemon.ledger import Job
+from nstd.daemon.reasons import REASON_CLASSES, reason_class  # noqa: F401 - /metrics' names
 
 HISTORY = 20
 RECENT = 12
 QUEUE_SHOWN = 50
-# Failure reasons, by the words in the ledger's error text, into a few classes for /metrics.
-REASON_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("oom", re.compile(r"out of (gpu )?memory", re.I)),
-    ("stalled", re.compile(r"stalled|no report", re.I)),
-    ("worker_died", re.compile(r"worker process died", re.I)),
-    ("limits", re.compile(r"limits\.|larger than|longer than|more than", re.I)),
-    ("settings", re.compile(r"settings|sidecar|style", re.I)),
-    ("input", re.compile(r"not an image|cannot (read|decode)|truncated|corrupt|unreadable|"
-                         r"no video|decode", re.I)),
-    ("io", re.compile(r"disk|space|permission|read-only|no such file", re.I)),
-)
-
-
-def reason_class(error: str | None) -> str:
-    """A failure's class for ``nstd_failures_total{reason=...}``: one of REASON_CLASSES or
-    ``other``."""
-    for name, pattern in REASON_CLASSES:
-        if error and pattern.search(error):
-            return name
-    return "other"
 
 
 def duration(job: Job) -> float | None:
