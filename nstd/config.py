@@ -27,6 +27,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from nstd.errors import ConfigError
+from nstd.hours import check_window
+from nstd.http_address import check_http
 
 DEFAULT_STYLE_LAYERS: dict[str, float] = {
     "relu1_1": 1.0,
@@ -391,8 +393,6 @@ def _check_rules(path: str, value: Any, rules: Mapping[str, Any], problems: list
     if rules.get("pattern") == "device" and not _is_device(value):
         problems.append(f"{path}: must be auto, cpu, cuda or cuda:N, got {_show(value)}")
     if rules.get("check") == "active_hours":
-        from nstd.daemon.schedule import check_window  # no torch, no circle
-
         problem = check_window(value)
         if problem:
             problems.append(f"{path}: {problem}")
@@ -415,8 +415,6 @@ def _is_device(value: str) -> bool:
 
 
 def _check_cross_field(config: Config, problems: list[str]) -> None:
-    from nstd.web.address import check_http  # no torch, no circle
-
     if (http_problem := check_http(config.daemon.http, config.daemon.http_token)):
         problems.append(http_problem)
     style = config.style

@@ -25,7 +25,8 @@ from nstd.daemon.intake import read_sidecar, resolve_style
 from nstd.daemon.ledger import Ledger, ledger_path
 from nstd.daemon.notify import SystemdNotifier
 from nstd.daemon.pool import WorkerPlan
-from nstd.daemon.supervisor import Daemon, check_folders
+from nstd.daemon.startup import check_folders
+from nstd.daemon.supervisor import Daemon
 from nstd.daemon.worker import InlineBackend
 from nstd.errors import (
     ConfigError,

@@ -36,7 +36,8 @@ from nstd.cli.main import main
 from nstd.config import parse_config
 from nstd.daemon.ledger import Ledger, ledger_path
 from nstd.daemon.pool import WorkerPlan
-from nstd.daemon.supervisor import Daemon, check_folders
+from nstd.daemon.startup import check_folders
+from nstd.daemon.supervisor import Daemon
 from nstd.daemon.worker import InlineBackend
 from nstd.errors import InputError, OutOfMemoryError
 from nstd.job import JobReport, JobRequest

@@ -228,7 +228,8 @@ def test_a_file_that_keeps_growing_is_never_taken_and_is_logged(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from nstd.config import parse_config
     from nstd.daemon.ledger import Ledger, ledger_path
-    from nstd.daemon.supervisor import Daemon, check_folders
+    from nstd.daemon.startup import check_folders
+    from nstd.daemon.supervisor import Daemon
 
     (tmp_path / "styles").mkdir()
     write_test_image(tmp_path / "styles" / "mosaic.png", size=(16, 16))

@@ -22,9 +22,10 @@ from nstd.cli.main import main
 from nstd.config import parse_config
 from nstd.daemon.ledger import Ledger
 from nstd.daemon.pool import WorkerPlan
-from nstd.daemon.schedule import is_paused, parse_window
+from nstd.daemon.schedule import is_paused
 from nstd.daemon.supervisor import Supervisor
 from nstd.errors import ConfigError
+from nstd.hours import parse_window
 from nstd.testing.stepped import SteppedSite, local_time
 
 NIGHT = "22:00-07:00"

@@ -15,14 +15,15 @@ import argparse
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nstd.daemon.ledger import DaemonLock, Job, Ledger, ledger_path
 from nstd.errors import ConfigError, NstdError, UsageError, WeightsUnavailableError
+from nstd.logs import keep_one_line, one_line
 from nstd.progress import format_duration
+from nstd.signals import StopFlag
 from nstd.text import plural
 
 log = logging.getLogger("nstd.daemon")
@@ -30,26 +31,6 @@ log = logging.getLogger("nstd.daemon")
 EXIT_OK, EXIT_ABORTED = 0, 1
 EXIT_NOTHING_DONE = 1  # `nstd retry` that put nothing back
 RECENT = 10
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def one_line(text: str) -> str:
-    """``text`` with control characters escaped (a newline in a file name becomes ``\\n``)."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-class OneLineFilter(logging.Filter):
-    """Keeps one event on one log line: anyone who can write to the inbox chooses file names,
-    and a name with a newline must not split a line or forge a fake one in the journal."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is the handler's to report
-            return True
-        if _CONTROL.search(message):
-            record.msg, record.args = one_line(message), None
-        return True
 
 
 def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
@@ -84,14 +65,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The supervisor. Imports no torch: the workers (`nstd.daemon.worker`) load the network,
     so the weights are only checked for existence here; a worker that cannot load them stops
     the service with exit 2, or 1 when they could not be downloaded for want of network."""
-    from nstd.cli.common import StopFlag, config_from_args
+    from nstd.cli.common import config_from_args
     from nstd.daemon.notify import SystemdNotifier
     from nstd.daemon.startup import startup_checks
     from nstd.daemon.supervisor import Supervisor
 
     config = config_from_args(args)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(OneLineFilter())
+    keep_one_line()
     startup_checks(config, source=_source(args))  # the same as `nstd check-config`
     lock = DaemonLock(ledger_path(config.daemon.state))
     try:

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nstd.cli.common import StopFlag, config_from_args, setup_logging
+from nstd.cli.common import config_from_args, setup_logging
 from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
+from nstd.signals import StopFlag
 from nstd.text import plural
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

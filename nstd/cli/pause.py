@@ -48,7 +48,8 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from nstd.cli.common import config_from_args
-    from nstd.daemon.schedule import Window, parse_window, resume, schedule_state
+    from nstd.daemon.schedule import resume, schedule_state
+    from nstd.hours import Window, parse_window
 
     config = config_from_args(args)
     try:

@@ -47,9 +47,11 @@ class Preview:
         try:
             if not self.wrote_source:
                 self.wrote_source = True
-                from nstd.web.thumbs import first_frame, write_jpeg
+                from nstd.media.container import first_frame
+                from nstd.media.images import write_jpeg
 
-                write_jpeg(first_frame(self.source), self.job_dir / "source.jpg", PREVIEW_SIDE)
+                write_jpeg(first_frame(self.source, PREVIEW_SIDE), self.job_dir / "source.jpg",
+                           PREVIEW_SIDE)
             if unit != "frame" or done <= 0 or self.clock() - self.last < PREVIEW_SECONDS:
                 return
             frame = self.store / FRAMES_FOLDER / f"{done - 1:06d}.png"
@@ -67,7 +69,7 @@ class Preview:
         import numpy as np
         from PIL import Image
 
-        from nstd.web.thumbs import write_jpeg
+        from nstd.media.images import write_jpeg
 
         pixels = cv2.imread(str(frame), cv2.IMREAD_UNCHANGED)
         if pixels is None:

@@ -15,8 +15,11 @@ from pathlib import Path
 
 from nstd.config import Config
 from nstd.daemon.hooks import check_hooks
-from nstd.daemon.supervisor import check_folders
-from nstd.errors import ConfigError
+from nstd.daemon.intake import resolve_style
+from nstd.errors import ConfigError, InputError
+
+FOLDER_KEYS = ("inbox", "outbox", "work", "failed", "done", "state", "styles")
+WRITABLE_KEYS = ("inbox", "outbox", "work", "failed", "done", "state")
 
 
 def startup_checks(config: Config, source: str | None = None) -> None:
@@ -38,6 +41,66 @@ def startup_checks(config: Config, source: str | None = None) -> None:
         raise ConfigError([f"model.weights: weights file {weights} {what}; fix model.weights "
                            "(--weights), or set it to null to download the torchvision "
                            "weights"], source=source)
+
+
+def check_folders(config: Config, source: str | None = None) -> None:
+    """Refuse to start on folders that overlap, cannot be written, or a missing default style.
+
+    Missing folders (except styles) are created. Raises `ConfigError` naming the keys.
+    """
+    d = config.daemon
+    paths = {key: Path(getattr(d, key)).resolve() for key in FOLDER_KEYS}
+    problems: list[str] = []
+    keys = list(FOLDER_KEYS)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            pa, pb = paths[a], paths[b]
+            if pa == pb:
+                problems.append(f"daemon.{a} and daemon.{b} are the same folder ({pa}); "
+                                "give each its own folder")
+            elif pa in pb.parents or pb in pa.parents:
+                inner, outer = (a, b) if pb in pa.parents else (b, a)
+                problems.append(f"daemon.{inner} ({paths[inner]}) is inside daemon.{outer} "
+                                f"({paths[outer]}); use folders that do not nest, or files "
+                                "would loop through the daemon")
+    if problems:
+        raise ConfigError(problems, source=source)
+    for key in WRITABLE_KEYS:
+        problem = _writable(paths[key])
+        if problem:
+            problems.append(f"daemon.{key}: {problem}")
+    if not paths["styles"].is_dir():
+        problems.append(f"daemon.styles: {paths['styles']} is not a folder; create it and put "
+                        "style images in it")
+    else:
+        try:
+            resolve_style(paths["styles"], d.default_style)
+        except InputError as exc:
+            problems.append(f"daemon.default_style: {exc}")
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
+def _writable(folder: Path) -> str | None:
+    """None when ``folder`` exists (created if missing) and a file can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    probe = folder / f".nstd-write-test.{os.getpid()}"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        return f"cannot write in {folder}: {exc.strerror or exc}; fix its permissions"
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
 
 
 def weights_note(config: Config) -> str:

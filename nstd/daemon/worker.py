@@ -49,7 +49,9 @@ from nstd.errors import (
     TransientError,
 )
 from nstd.faults import failpoint
+from nstd.logs import keep_one_line
 from nstd.series import Series
+from nstd.signals import StopFlag
 from nstd.text import plural
 
 log = logging.getLogger("nstd.worker")
@@ -341,11 +343,7 @@ def main() -> int:
     name = os.environ.get("NSTD_WORKER_NAME", "worker")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[{name}]: %(message)s")
-    from nstd.cli.common import StopFlag
-    from nstd.cli.daemon import OneLineFilter
-
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(OneLineFilter())
+    keep_one_line()
     channel = _Channel(sys.stdin.buffer, out)
     def on_stop() -> None:
         channel.stopping.set()

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import av
 import cv2
 import numpy as np
+import PIL.Image
 
 from nstd.errors import InputError, OutputError, TransientError, UsageError
 from nstd.media import files as fsutil
@@ -1077,3 +1078,19 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def first_frame(path: Path, side: int = 256) -> PIL.Image.Image:
+    """An image file, or a video's first frame, as an RGB Pillow image: the picture of a job
+    the status page shows, at about ``side`` px (a JPEG is decoded at a reduced scale).
+
+    Unlike `iter_frames`, no size limit or rotation: the picture is only shrunk for display.
+    """
+    if Path(path).suffix.lower() in VIDEO_EXTENSIONS:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                return frame.to_image().convert("RGB")
+        raise ValueError("no video frame")
+    with PIL.Image.open(path) as image:
+        image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a low scale
+        return image.convert("RGB")

@@ -44,6 +44,7 @@ import io
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -457,3 +458,23 @@ def resize_max_side(image: np.ndarray, max_side: int, *, allow_upscale: bool = F
     if scale > 1 and image.dtype != np.uint8:
         resized = np.clip(resized, 0.0, 1.0)
     return resized.astype(image.dtype, copy=False)
+
+
+#: Longest side and quality of the small JPEGs the status page shows (thumbnails, previews).
+THUMB_SIDE = 256
+THUMB_QUALITY = 80
+
+
+def write_jpeg(image: Image.Image, path: Path, side: int = THUMB_SIDE) -> None:
+    """``image`` shrunk to at most ``side`` px, as a JPEG at ``path`` (temp + rename).
+
+    For the status page's thumbnails (web) and a running job's live preview (its worker): the
+    page's server may read the file at any moment, so it appears whole or not at all; the
+    temporary name holds the process and thread, as several threads may write one picture.
+    """
+    image = image.copy()
+    image.thumbnail((side, side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    image.save(temp, "JPEG", quality=THUMB_QUALITY)
+    os.replace(temp, path)

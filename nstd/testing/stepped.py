@@ -23,7 +23,8 @@ from watchdog.events import FileCreatedEvent
 from nstd.config import Config, parse_config
 from nstd.daemon.ledger import Ledger, ledger_path
 from nstd.daemon.pool import WorkerPlan
-from nstd.daemon.supervisor import Supervisor, check_folders
+from nstd.daemon.startup import check_folders
+from nstd.daemon.supervisor import Supervisor
 from nstd.daemon.worker import InlineBackend
 from nstd.testing.media import write_test_image
 

@@ -38,8 +38,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from nstd.config import Config
+from nstd.http_address import parse_bind
 from nstd.web import metrics, page, thumbs
-from nstd.web.address import ADDRESS_FILE, parse_bind
+from nstd.web.address import ADDRESS_FILE
 from nstd.web.model import public_job, snapshot
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
     <state>/thumbs/<job id>-<created>-before.jpg, ...-after.jpg   (longest side THUMB_SIDE)
 
-Images are read with Pillow, videos give their first frame through PyAV; no torch. Every
+Images are read with Pillow, videos give their first frame through PyAV
+(`nstd.media.container.first_frame`, JPEGs by `nstd.media.images.write_jpeg`); no torch. Every
 path is found from the job's ledger row and checked to lie inside the daemon's own folders,
 so a name in a URL can never lead outside them.
 """
@@ -11,19 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
-
 from nstd.config import Config
-from nstd.daemon.jobspec import kind_of
 from nstd.daemon.ledger import Job
+from nstd.media.container import first_frame
+from nstd.media.images import THUMB_SIDE, write_jpeg
 
 log = logging.getLogger(__name__)
-
-THUMB_SIDE = 256
-QUALITY = 80
 
 
 def inside(path: Path, folder: str | os.PathLike[str]) -> bool:
@@ -71,33 +67,9 @@ def thumbnail(job: Job, which: str, config: Config) -> Path | None:
     if src is None:
         return None
     try:
-        image = first_frame(src)
+        image = first_frame(src, THUMB_SIDE)
         write_jpeg(image, cache)
     except Exception as exc:  # noqa: BLE001 - a file we cannot read has no thumbnail
         log.info("no thumbnail for job %d (%s): %s", job.id, which, exc)
         return None
     return cache
-
-
-def first_frame(path: Path) -> Image.Image:
-    """An image file, or a video's first frame, as an RGB Pillow image."""
-    if kind_of(path) == "video":
-        import av  # PyAV: decoding only, no torch
-
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                return frame.to_image().convert("RGB")
-        raise ValueError("no video frame")
-    with Image.open(path) as image:
-        image.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG: decode at a low scale
-        return image.convert("RGB")
-
-
-def write_jpeg(image: Image.Image, path: Path, side: int = THUMB_SIDE) -> None:
-    """``image`` shrunk to at most ``side`` px, as a JPEG at ``path`` (temp + rename)."""
-    image = image.copy()
-    image.thumbnail((side, side))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    image.save(temp, "JPEG", quality=QUALITY)
-    os.replace(temp, path)
