@@ -181,3 +181,15 @@ def test_stored_frames_depend_on_the_masks_and_unmasked_jobs_keep_their_fingerpr
     assert masked != plain
     write_mask(sky, white="bottom")
     assert fingerprint(source, [style], [1.0], config, info, (24, 16), [sky]) != masked
+
+
+def test_a_mask_copied_at_claim_is_never_read_through_a_link(tmp_path: Path) -> None:
+    from nstd.daemon.maskfiles import link_masks
+    from nstd.errors import InputError
+
+    secret = tmp_path / "secret.png"
+    write_mask(secret)
+    (tmp_path / "sky.mask.png").symlink_to(secret)
+    with pytest.raises(InputError, match="symbolic link"):
+        link_masks([tmp_path / "sky.mask.png"], tmp_path / "job")
+    assert not any((tmp_path / "job").iterdir())

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 
 from nstd.errors import InputError, NstdError, UsageError
 from nstd.geometry import same_aspect
+from nstd.media.files import open_regular
 from nstd.media.images import IMAGE_EXTENSIONS, image_size, read_image
 
 MASKS_KEY = "style_masks"
@@ -128,14 +130,22 @@ def link_masks(paths: Sequence[Path], folder: Path) -> tuple[Path, ...]:
     """Copy each mask into ``folder`` (the job's own) as ``<i>.<name>``; return the copies.
 
     A copy, not a link: a mask may be edited in place for the next photo while this job
-    runs. Written to a temporary name, then renamed.
+    runs. Read without following links (InputError for one), written to a temporary name,
+    then renamed.
     """
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
     for index, path in enumerate(paths):
         target = folder / f"{index}.{path.name}"
         temp = target.with_name(f".{target.name}.part")
-        with open(path, "rb") as src, open(temp, "wb") as dst:
+        try:  # never through a link swapped in since the check (the inbox is hostile)
+            source = open_regular(path, f"style mask {path.name}")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"style mask {path.name} is a symbolic link; put the file "
+                                 "itself in the inbox") from None
+            raise
+        with source as src, open(temp, "wb") as dst:
             shutil.copyfileobj(src, dst)
         os.replace(temp, target)
         copies.append(target)
