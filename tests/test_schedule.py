@@ -21,9 +21,7 @@ import pytest
 from nstd.cli.main import main
 from nstd.config import parse_config
 from nstd.daemon.ledger import Ledger
-from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.schedule import is_paused
-from nstd.daemon.supervisor import Supervisor
 from nstd.errors import ConfigError
 from nstd.hours import parse_window
 from nstd.testing.stepped import SteppedSite, local_time
@@ -70,7 +68,8 @@ def test_bad_active_hours_are_refused_at_parse_naming_the_key(value: str, says: 
 
 def test_outside_the_window_files_queue_but_nothing_starts_until_it_opens(
         tmp_path: Path) -> None:
-    site = SteppedSite(tmp_path, active_hours=NIGHT)
+    # No rescan due before the window opens: the idle wait is the window's alone.
+    site = SteppedSite(tmp_path, active_hours=NIGHT, rescan_seconds=600.0)
     site.clock.t = local_time(2026, 1, 1, 21, 58)
     site.start()
     site.queue_files("a.png")
@@ -144,7 +143,6 @@ class HeldWorker:
 
 def test_a_pause_parks_the_running_job_which_comes_back_first_without_penalty(
         tmp_path: Path) -> None:
-    site = SteppedSite(tmp_path, active_hours=NIGHT)
     workers: list[HeldWorker] = []
 
     class Backend:
@@ -152,9 +150,7 @@ def test_a_pause_parks_the_running_job_which_comes_back_first_without_penalty(
             workers.append(HeldWorker(deliver))
             return workers[-1]
 
-    site.daemon = Supervisor(site.config, site.ledger, backend=Backend(),
-                             plans=[WorkerPlan(None, 1)], clock=site.clock,
-                             monotonic=site.clock, watch=False)
+    site = SteppedSite(tmp_path, backend=Backend(), active_hours=NIGHT)
     site.clock.t = local_time(2026, 1, 1, 6, 58)
     site.start()
     site.queue_files("a.png", "b.png")
@@ -265,7 +261,7 @@ def test_after_a_sigterm_restart_the_stopped_job_runs_before_an_older_retry(
             assert kwargs["should_stop"]()
             raise Interrupted("stopped before frame 3 of 9")
 
-    site.action = act
+    site.runner.action = act
     site.start()
     site.queue_files("early.png", "long.png")
     site.step()
@@ -273,7 +269,7 @@ def test_after_a_sigterm_restart_the_stopped_job_runs_before_an_older_retry(
     site.daemon.stop()
     site.daemon = site.new_daemon()  # the restart, after early.png's backoff ended
     site.clock.t += 60
-    site.action = None
+    site.runner.action = None
     site.start()
     site.step()
     assert site.ran[2:] == ["long.png"]  # not early.png, although older and due
