@@ -1,5 +1,6 @@
 """Overnight habits: the work window (daemon.active_hours), `nstd pause` / `nstd resume`, and
-the queue order after a stop (nstd.daemon.schedule, nstd.daemon.ledger.claim).
+the daemon's queue order after a stop (nstd.daemon.schedule; the ledger's own claim order is
+in test_ledger.py).
 
 Stepped supervisors on a fake clock (nstd.testing.stepped), one real daemon for a video
 parked between frames by `nstd pause` and resumed from its stored frames.
@@ -20,7 +21,6 @@ import pytest
 
 from nstd.cli.main import main
 from nstd.config import parse_config
-from nstd.daemon.ledger import Ledger
 from nstd.daemon.schedule import is_paused
 from nstd.errors import ConfigError
 from nstd.hours import parse_window
@@ -201,50 +201,6 @@ _PIPES: list[Any] = []
 
 
 # --------------------------------------------------------------------------- queue order
-
-
-def test_a_stopped_job_is_claimed_first_after_the_restart(tmp_path: Path) -> None:
-    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
-    early = ledger.enqueue("early.png", "k1", "mosaic", {}, now=10.0)
-    ledger.claim(now=11.0, lease_seconds=60)
-    ledger.fail(early.id, "disk full", now=12.0, permanent=False, max_attempts=3,
-                backoff_seconds=30.0)  # retry due at 42
-    video = ledger.enqueue("long.mp4", "k2", "mosaic", {}, now=20.0)
-    assert ledger.claim(now=21.0, lease_seconds=60).id == video.id
-    later = ledger.enqueue("later.png", "k3", "mosaic", {}, now=30.0)
-    ledger.release(video.id, now=50.0)  # SIGTERM: the video goes back, no attempt counted
-    ledger.close()
-    restarted = Ledger.open(tmp_path / "jobs.sqlite3")
-    assert [j.source for j in restarted.active()] == ["long.mp4", "later.png", "early.png"]
-    order = [restarted.claim(now=100.0, lease_seconds=60) for _ in range(3)]
-    assert [j.id for j in order] == [video.id, later.id, early.id]
-    assert order[0].attempts == 1  # its first attempt, counted once
-
-
-def test_a_job_interrupted_by_a_crash_is_claimed_first_too(tmp_path: Path) -> None:
-    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
-    older = ledger.enqueue("older.png", "k1", "mosaic", {}, now=1.0)
-    ledger.claim(now=2.0, lease_seconds=60)
-    ledger.fail(older.id, "disk full", now=3.0, permanent=False, max_attempts=3,
-                backoff_seconds=5.0)  # due again at 8
-    ledger.enqueue("crashed.png", "k2", "mosaic", {}, now=4.0)
-    crashed = ledger.claim(now=5.0, lease_seconds=60)  # then kill -9
-    ledger.recover(now=100.0)
-    assert ledger.claim(now=100.0, lease_seconds=60).id == crashed.id
-    assert ledger.claim(now=100.0, lease_seconds=60).id == older.id
-
-
-def test_nstd_retry_queues_behind_a_stopped_job_and_before_new_files(tmp_path: Path) -> None:
-    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
-    bad = ledger.enqueue("bad.png", "k1", "mosaic", {}, now=1.0)
-    ledger.claim(now=2.0, lease_seconds=60)
-    ledger.fail(bad.id, "corrupt", now=3.0, permanent=True, max_attempts=3, backoff_seconds=1)
-    ledger.enqueue("video.mp4", "k2", "mosaic", {}, now=4.0)
-    stopped = ledger.claim(now=5.0, lease_seconds=60)
-    ledger.release(stopped.id, now=6.0)
-    assert ledger.retry("bad.png") == 1
-    ledger.enqueue("new.png", "k3", "mosaic", {}, now=8.0)
-    assert [j.source for j in ledger.active()] == ["video.mp4", "bad.png", "new.png"]
 
 
 def test_after_a_sigterm_restart_the_stopped_job_runs_before_an_older_retry(
