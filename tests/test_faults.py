@@ -55,8 +55,7 @@ def _disarm() -> Iterator[None]:
 
 
 def test_failpoints_are_inert_unless_armed_and_count_hits() -> None:
-    assert faults._points is None
-    faults.failpoint("publish.before_rename")  # nothing happens
+    faults.failpoint("publish.before_rename")  # not armed: nothing happens
     faults.configure("x=enospc@2*2; y=oom")
     faults.failpoint("x")  # 1st hit: before @2
     for _ in range(2):
@@ -204,7 +203,7 @@ def test_the_disk_fills_up_during_a_video_then_space_returns(
     assert [p for p in listing(site.outbox) if not p.startswith(".")] == []  # nothing partial
     assert checksums(site.inbox) == sources
     filler.unlink()
-    daemon.wait_log("source moved to", 90)
+    daemon.wait_for(lambda: (site.done / "mosaic" / "v.mp4").exists(), 90, "v.mp4 done")
     assert listing(site.outbox) == ["mosaic/v.mosaic.mp4"]
     from nstd.media.container import count_frames
 
@@ -235,11 +234,12 @@ def test_a_read_only_outbox_makes_jobs_wait_until_it_is_writable(
                     " test_io_errors_while_publishing_... injects EROFS instead")
     write_test_image(site.inbox / "a.png", size=(24, 16), seed=1)
     sources = checksums(site.inbox)
-    daemon.wait_log("Read-only file system")
+    daemon.wait_for(lambda: any("Read-only file system" in (j["error"] or "")
+                                for j in site.jobs()), 60, "the read-only outbox noticed")
     assert listing(outbox) == [] and checksums(site.inbox) == sources
     _umount(outbox)
     bind_mounts.clear()
-    daemon.wait_log("source moved to", 30)
+    daemon.wait_for(lambda: (site.done / "a.png").exists(), 30, "a.png done")
     assert listing(outbox) == ["a.mosaic.png"] and checksums(site.done) == sources
     assert daemon.alive() and daemon.stop() == 0
 
@@ -301,7 +301,7 @@ def test_the_inbox_removed_and_recreated_e2e(tmp_path: Path, vgg_weights_path: P
     site.inbox.mkdir()
     daemon.wait_log("is back; watching it again", 10)
     write_test_image(site.inbox / "a.png", size=(24, 16))  # inotify again (no rescan for 600 s)
-    daemon.wait_log("source moved to", 30)
+    daemon.wait_for(lambda: (site.done / "a.png").exists(), 30, "a.png done")
     assert listing(site.outbox) == ["a.mosaic.png"]
     assert daemon.stop() == 0
 

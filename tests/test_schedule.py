@@ -241,7 +241,7 @@ def test_nstd_pause_parks_a_running_video_between_frames_and_resume_continues_it
     import shutil
 
     from nstd.testing.media import write_test_clip
-    from nstd.testing.site import Site, kill_all
+    from nstd.testing.site import Site, kill_all, listing
 
     site = Site.create(tmp_path, vgg_weights_path)
     try:
@@ -255,7 +255,8 @@ def test_nstd_pause_parks_a_running_video_between_frames_and_resume_continues_it
                         "a stored frame")
         started = time.monotonic()
         assert main(["pause", "--config", str(site.config_path)]) == 0
-        daemon.wait_log("stopped v.mp4: back in the queue", 30)
+        daemon.wait_for(lambda: [j["state"] for j in site.jobs()] == ["queued"], 30,
+                        "v.mp4 back in the queue")
         parked_after = time.monotonic() - started
         (job,) = site.jobs()
         assert job["state"] == "queued" and job["attempts"] == 0
@@ -263,7 +264,7 @@ def test_nstd_pause_parks_a_running_video_between_frames_and_resume_continues_it
         assert 1 <= stored < FRAMES  # kept, not finished
         assert main(["resume", "--config", str(site.config_path)]) == 0
         daemon.wait_log("resuming,", 30)
-        daemon.wait_log("source moved to", 60)
+        daemon.wait_for(lambda: listing(site.done) == ["v.mp4"], 60, "v.mp4 done")
         assert "paused (nstd pause)" in daemon.log() and "working again" in daemon.log()
         (job,) = site.jobs()
         assert job["state"] == "done" and job["attempts"] == 1
