@@ -397,6 +397,7 @@ def test_a_sidecar_picks_the_style_and_overrides_settings(rig: SteppedSite) -> N
     ("style:\n  colour: red", "style.colour: unknown key"),
     ("daemon:\n  outbox: /tmp", "daemon: cannot be set per job"),
     ("limits:\n  max_pixels: 1000000000000", "limits: cannot be set per job"),
+    ("cluster:\n  ray_address: auto", "cluster: cannot be set per job"),
     ("model:\n  weights: /etc/shadow", "model.weights: cannot be set per job"),
     ("style: [1, 2", "not valid YAML"),
     ("- a list", "must be a mapping"),

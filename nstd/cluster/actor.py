@@ -44,7 +44,7 @@ QUEUE_DEPTH = 8  # frames computed ahead of the network (bounded: memory does no
 
 def encode_png16(rgb: np.ndarray, bits: int = 16) -> bytes:
     """(H, W, 3) float32 RGB in [0, 1] -> RGB PNG bytes, 16 bits per channel (the frame
-    store's format) or 8 (``daemon.wire_format: png8``: the precision the encoder keeps)."""
+    store's format) or 8 (``cluster.wire_format: png8``: the precision the encoder keeps)."""
     top = 65535.0 if bits == 16 else 255.0
     pixels = np.round(np.clip(rgb, 0.0, 1.0) * top).astype(np.uint16 if bits == 16
                                                               else np.uint8)
@@ -121,7 +121,7 @@ class StyleActor:
                  simulate_seconds: float = 0.0) -> None:
         self.config = parse_config(config)
         self.simulate = float(simulate_seconds)
-        self.wire_bits = 8 if self.config.daemon.wire_format == "png8" else 16
+        self.wire_bits = 8 if self.config.cluster.wire_format == "png8" else 16
         self._stopped: set[int] = set()
         self._probed: dict[str, Any] = {}  # job key -> VideoInfo: probed once per job
         self._engines_by_job: dict[str, tuple[Any, Any, Any]] = {}

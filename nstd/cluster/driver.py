@@ -4,7 +4,7 @@
             -> rename
     video:  probe -> plan (one decode pass here: frame count, cuts, every frame's pts; kept
             in the frame store) -> units (`nstd.temporal.plan.plan_units`: shots, long shots
-            split at video.max_segment_frames with video.segment_overlap frames of warm-up),
+            split at cluster.max_unit_frames with cluster.unit_overlap frames of warm-up),
             queued in the order `nstd.cluster.schedule` plans for the pool's actors -> every
             frame that comes back is stored at once (the resume points stay on this disk)
             -> each seam pass as soon as both units beside it are done (the overlap remade
@@ -213,7 +213,7 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
            should_stop: Callable[[], bool], *, order: int, key: str) -> str:
     from nstd.media import container as video
     from nstd.media import files as fsutil
-    from nstd.temporal.plan import fingerprint, output_size, plan_units, plan_video
+    from nstd.temporal.plan import fingerprint, output_size, plan_units, plan_video, unit_cut
     from nstd.temporal.store import FrameStore
 
     source = Path(spec.source)
@@ -241,7 +241,7 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
     plan = store.plan
     assert plan is not None
     frames = int(plan["frames"])
-    units = plan_units(plan, config.video.max_segment_frames, config.video.segment_overlap)
+    units = plan_units(plan, *unit_cut(plan, config.cluster))
     tracker = _Tracker(spec.job_id, emit, frames, store.stored_count())
     shipment = JobShipment(spec, key)
     jobs = [_VideoUnit(spec, key, part, plan, store, size, shipment) for part in units]

@@ -5,6 +5,7 @@
     plan_video    one decode pass: exact frame count, scene cuts, each frame's pts, segments
     plan_units    the units of work for several workers (`nstd.cluster`): shots, long shots
                   split with an overlap, longest first
+    unit_cut      the unit length and overlap to cut with: those recorded at first planning
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nstd.config import Config, to_mapping
+from nstd.config import ClusterConfig, Config, to_mapping
 from nstd.media import container as video
 from nstd.media import files as fsutil
 from nstd.temporal.flow import is_scene_cut, plan_segments, thumbnail
@@ -37,7 +38,8 @@ def fingerprint(source: Path, styles: Sequence[Path], blend: Sequence[float], co
                 masks: Sequence[Path] = ()) -> dict[str, Any]:
     """Everything the stored frames depend on; any change forbids mixing old frames in.
     `masks`: the style masks' files, if any (a job without masks keeps the fingerprint it
-    had before masks existed, so its stored frames stay valid)."""
+    had before masks existed, so its stored frames stay valid). The `cluster` section is left
+    out: where frames are made does not change them, and a Ray job's cut is in its plan."""
     mapping = to_mapping(config)
     stat = source.stat()
     extra = {"masks": [fsutil.sha256_file(p) for p in masks]} if masks else {}
@@ -60,7 +62,8 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config,
     """One decode pass: the exact frame count (truncation is caught here, before any
     stylization), the scene cuts, hence the segments, and each frame's pts (a unit of work
     seeks to its first frame by it; the encoder stamps frames by it). ``progress`` gets the
-    frames decoded so far, per frame (an hour of video plans for minutes)."""
+    frames decoded so far, per frame (an hour of video plans for minutes). The unit cut of
+    the configuration is recorded with it (`unit_cut`)."""
     cuts: list[int] = []
     pts: list[int] = []
     previous = None
@@ -75,11 +78,12 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config,
         count += 1
         if progress is not None:
             progress(count)
-    segments = plan_segments(cuts, count, config.video.max_segment_frames)
+    segments = plan_segments(cuts, count, config.cluster.max_unit_frames)
     log.info("%s: %s, %s, %s", source.name, plural(count, "frame"),
              plural(len(cuts), "scene cut"), plural(len(segments), "segment"))
     return {"frames": count, "cuts": cuts, "segments": [asdict(s) for s in segments],
-            "pts": pts}
+            "pts": pts, "unit_cut": {"max_unit_frames": config.cluster.max_unit_frames,
+                                     "unit_overlap": config.cluster.unit_overlap}}
 
 
 @dataclass(frozen=True)
@@ -133,3 +137,12 @@ def plan_units(plan: dict[str, Any], max_segment_frames: int, overlap: int) -> l
             first = max(shot_start, start - overlap) if k else start
             units.append(Unit(first, start, stop))
     return sorted(units, key=lambda u: (-len(u), u.start))
+
+
+def unit_cut(plan: dict[str, Any], cluster: ClusterConfig) -> tuple[int, int]:
+    """(max_unit_frames, unit_overlap) to cut ``plan`` with: the values recorded when it was
+    planned, so a resumed job keeps the units its stored frames belong to whatever
+    ``cluster:`` says now; the configured ones for a plan stored before they were recorded."""
+    recorded = plan.get("unit_cut") or {}
+    return (int(recorded.get("max_unit_frames", cluster.max_unit_frames)),
+            int(recorded.get("unit_overlap", cluster.unit_overlap)))

@@ -24,6 +24,10 @@ from nstd.errors import UsageError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# Keys that fingerprints once held although no frame depends on them (the unit cut, now in
+# the config's cluster: section): dropped when a stored fingerprint is read, so frames stored
+# before the move are still resumed.
+_NOT_FRAME_KEYS = ("max_segment_frames", "segment_overlap")
 
 
 class FrameStore:
@@ -50,7 +54,7 @@ class FrameStore:
                 manifest = json.loads(manifest_path.read_text())
             except (OSError, ValueError):
                 manifest = None  # unreadable: nothing in it can be trusted
-            stored = (manifest or {}).get("fingerprint")
+            stored = _current((manifest or {}).get("fingerprint"))
             if manifest is not None and stored == fingerprint and not restart:
                 return cls(root, manifest)
             if manifest is not None and stored != fingerprint and not restart:
@@ -75,7 +79,7 @@ class FrameStore:
             manifest = json.loads((root / MANIFEST).read_text())
         except (OSError, ValueError):
             return None
-        stored = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+        stored = _current(manifest.get("fingerprint") if isinstance(manifest, dict) else None)
         return stored if isinstance(stored, dict) else None
 
     def _write_manifest(self) -> None:
@@ -130,7 +134,7 @@ class FrameStore:
     # they came, nothing decoded or re-encoded on the supervisor.
 
     def save_bytes(self, index: int, png: bytes, record: dict[str, Any]) -> None:
-        """Store frame `index` given as 16-bit (or 8-bit: daemon.wire_format) RGB PNG bytes,
+        """Store frame `index` given as 16-bit (or 8-bit: cluster.wire_format) RGB PNG bytes,
         and its losses `record`."""
         _write_atomic(self._frame_path(index), png)
         _write_atomic(self._frame_path(index, ".json"), json.dumps(record).encode())
@@ -176,9 +180,19 @@ def _decode16(path: Path) -> np.ndarray:
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.dtype not in (np.uint16, np.uint8) or pixels.ndim != 3:
         raise OSError(f"stored frame {path} is damaged")
-    # 8-bit: a frame an actor sent with daemon.wire_format: png8 (stored as it came).
+    # 8-bit: a frame an actor sent with cluster.wire_format: png8 (stored as it came).
     top = 65535.0 if pixels.dtype == np.uint16 else 255.0
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / top
+
+
+def _current(fingerprint: Any) -> Any:
+    """A stored fingerprint without the keys of `_NOT_FRAME_KEYS` (anything else as it is)."""
+    frames_from = fingerprint.get("frames_from") if isinstance(fingerprint, dict) else None
+    video = frames_from.get("video") if isinstance(frames_from, dict) else None
+    if not isinstance(video, dict) or not any(k in video for k in _NOT_FRAME_KEYS):
+        return fingerprint
+    video = {k: v for k, v in video.items() if k not in _NOT_FRAME_KEYS}
+    return {**fingerprint, "frames_from": {**frames_from, "video": video}}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
