@@ -68,7 +68,7 @@ def main() -> int:
     config = parse_config({"model": {"weights": str(weights), "device": "cpu"},
                            "style": {"max_side": args.max_side,
                                      "iterations": args.cold_iterations},
-                           "daemon": {"cluster": "ray", "workers": 1}})
+                           "daemon": {"workers": 1}, "cluster": {"backend": "ray"}})
     engines = EngineCache.load(config.model)
     stylizer = engines.stylizer(config)
     os.environ.setdefault("RAY_worker_niceness", "0")  # as nstd.cluster.backend.start_ray

@@ -96,11 +96,12 @@ def run_once(actors: int, clip: Path, folder: Path, args: argparse.Namespace) ->
     style = folder / "style.png"
     if not style.exists():
         write_test_image(style, size=(32, 32), seed=3)
-    config = parse_config({"daemon": {"cluster": "ray", "workers": actors},
+    config = parse_config({"daemon": {"workers": actors},
                            "model": {"device": "cpu"},
                            "style": {"max_side": max(args.size)},
-                           "video": {"max_segment_frames": args.max_segment_frames,
-                                     "segment_overlap": args.overlap}})
+                           "cluster": {"backend": "ray",
+                                       "max_unit_frames": args.max_segment_frames,
+                                       "unit_overlap": args.overlap}})
     backend = RayBackend(config)
     pool = backend._pool()
     pool.ready.wait(120)

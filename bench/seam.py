@@ -8,7 +8,7 @@ One shot with slow camera motion (--clip, below), stylized three ways with the s
 (full-width VGG-19, random weights: losses and E_warp are well defined, the pictures mean
 nothing) and the shipped video settings:
 - unsplit: the local path (`nstd.pipeline.run_job`), one unit;
-- seam_pass: as `daemon.cluster: ray` does it (`nstd.testing.split.run_split`): units of at
+- seam_pass: as `cluster.backend: ray` does it (`nstd.testing.split.run_split`): units of at
   most --max-segment-frames frames, each after the first starting --overlap frames early,
   cold; then each overlap remade by the seam pass (`nstd.temporal.seam`);
 - crossfade: the same units, the overlaps only cross-faded (`nstd.temporal.seam.crossfade`);
@@ -91,8 +91,8 @@ def main() -> int:
     config = parse_config({"model": {"weights": str(weights), "device": "cpu"},
                            "style": {"max_side": args.max_side,
                                      "iterations": args.cold_iterations},
-                           "video": {"max_segment_frames": args.max_segment_frames,
-                                     "segment_overlap": args.overlap}})
+                           "cluster": {"max_unit_frames": args.max_segment_frames,
+                                       "unit_overlap": args.overlap}})
     engines = EngineCache.load(config.model)
     stylizer = engines.stylizer(config)
     request = JobRequest(source=clip, output=folder / "unsplit.mp4", styles=(style,),

@@ -65,8 +65,8 @@ def main() -> int:
     style = write_test_image(folder / "style.png", size=(32, 32), seed=5)
     config = parse_config({"model": {"weights": str(weights), "device": "cpu"},
                            "style": {"max_side": args.width, "iterations": args.iterations},
-                           "video": {"max_segment_frames": args.max_segment_frames,
-                                     "segment_overlap": args.overlap}})
+                           "cluster": {"max_unit_frames": args.max_segment_frames,
+                                       "unit_overlap": args.overlap}})
     stylizer = EngineCache.load(config.model).stylizer(config)
     request = JobRequest(source=clip, output=folder / "unsplit.mp4", styles=(style,),
                          blend=(1.0,), config=config, work_dir=folder / "w0")

@@ -89,7 +89,7 @@ def main() -> int:
     print(f"  png16, engine output     {len(png_out) / 1e6:8.2f} MB "
           f"({result.iterations} iterations, slim random net)")
     print(f"  png8, engine output      {len(png8) / 1e6:8.2f} MB (what the encoder uses; "
-          "daemon.wire_format: png8)")
+          "cluster.wire_format: png8)")
     print(f"  losses record            {figures['record_bytes']:8d} B")
     print(f"  PNG encode on the actor  {encode_seconds * 1000:8.0f} ms")
     if args.json is not None:

@@ -7,8 +7,8 @@ declared types, and raises one `ConfigError` listing every bad key path with wha
 (typed like YAML) and resolves the daemon's folders against the config file's folder.
 
 The schema lives here and only here: the field's `metadata` holds its one-line description and
-constraints, and `config.yaml` at the repository root documents the same keys (a test checks
-that both agree).
+constraints, and `config.yaml` at the repository root is written from them
+(`nstd.config_yaml`, `nstd check-config --print-defaults`; a test checks that it is current).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class ModelConfig:
     compile: bool = _opt(False, "torch.compile the network on CUDA (each new size compiles once)")
     max_memory_gb: float | Literal["auto"] = _opt(
         "auto", "memory one image's optimization may use, GiB; auto = auto_memory_share of "
-        "free CUDA memory or available RAM. Larger images are optimized tile by tile, exactly",
+        "free CUDA memory or available RAM. Larger images are optimized tile by tile, exactly "
+        "(README \"Large images\"); out of memory in a job halves it for the next attempt",
         min=0.01)
     auto_memory_share: float = _opt(
         0.5, "share of the free memory that max_memory_gb: auto takes", min=0.01, max=1.0)
@@ -125,11 +126,6 @@ class VideoConfig:
     )
     scene_cut_threshold: float = _opt(0.5, "scene-cut score above which a frame starts cold",
                                       min=0.0)
-    max_segment_frames: int = _opt(
-        300, "daemon.cluster: ray: longer shots are split into units this long", min=1)
-    segment_overlap: int = _opt(
-        12, "a split unit starts this many frames early (warm-up; remade by the seam pass)",
-        min=0)
     crf: int = _opt(18, "H.264 quality (0 = lossless, 51 = worst)", min=0, max=51)
     preset: str = _opt("medium", "x264 preset (ultrafast ... veryslow)", choices=(
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
@@ -173,29 +169,54 @@ class DaemonConfig:
         "auto", "worker processes: auto = one per visible CUDA device (1 on a CPU), or N", min=1)
     stall_seconds: float = _opt(
         300.0, "a busy worker silent this long is killed (its job counts an attempt)", min=1.0)
-    cluster: Literal["local", "ray"] = _opt(
-        "local", "local: worker processes here; ray: one Ray actor per GPU of a cluster")
-    ray_address: str | None = _opt(
-        None, "cluster: ray only. null: start or join Ray on this machine; auto or "
-        "ray://host:10001: an existing cluster")
-    wire_format: Literal["png16", "png8"] = _opt(
-        "png16", "cluster: ray only. the frames actors send back: png16 (the frame store's "
-        "precision) or png8 (what the encoder keeps; ~2.6x fewer bytes at 1080p)")
     # Overnight habits (nstd.daemon.schedule, nstd.daemon.hooks).
     active_hours: str | None = _opt(
-        None, "work only from start to end, local time, e.g. 22:00-07:00; null: always",
-        check="active_hours")
+        None, "work only from start to end, local time, e.g. \"22:00-07:00\" (crosses "
+        "midnight); null: always. Outside it the running job stops between frames and nothing "
+        "new starts", check="active_hours")
     on_event: str | tuple[str, ...] | None = _opt(
-        None, "command run when a job is done or failed and when the queue empties "
-        "(NSTD_EVENT etc. in its environment); null: none")
-    on_event_timeout: float = _opt(30.0, "on_event: killed after this long", min=1.0)
+        None, "command run (no shell) when a job is done or failed and when the queue empties: "
+        "\"notify-send nstd\" or a list; env NSTD_EVENT, NSTD_SOURCE, NSTD_OUTPUT, NSTD_REASON, "
+        "NSTD_SECONDS; null: none")
+    on_event_timeout: float = _opt(
+        30.0, "on_event: killed after this many seconds (logged, never fails a job)", min=1.0)
     notify_urls: tuple[str, ...] = _opt(
-        (), "Apprise URLs notified of the same events (pip install 'nstd[notify]')")
+        (), "Apprise URLs told of the same events, e.g. [\"mailto://user:pass@example.com\"] "
+        "(pip install 'nstd[notify]')")
     # The status page and /metrics (nstd.web; README "Status page").
     http: str | None = _opt(
-        "127.0.0.1:8765", "status page and /metrics listener, HOST:PORT; null: off")
+        "127.0.0.1:8765", "status page and /metrics (README \"Status page\"), HOST:PORT; null: "
+        "off. Any address but loopback needs http_token")
     http_token: str | None = _opt(
-        None, "bearer token every request to daemon.http needs; required off loopback")
+        None, "bearer token every request to daemon.http needs (Authorization: Bearer TOKEN, "
+        "or open /?token=TOKEN once in a browser)")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where jobs run: worker processes on this machine, or actors on a Ray cluster.
+
+    None of these keys changes a stored frame, so the frame fingerprint leaves the section out
+    (`nstd.temporal.plan.fingerprint`) and a stored job survives any change of them; a Ray job
+    keeps the unit cut it was first planned with (`nstd.temporal.plan.unit_cut`).
+    """
+
+    backend: Literal["local", "ray"] = _opt(
+        "local", "local: worker processes here; ray: one Ray actor per GPU of a cluster "
+        "(pip install 'nstd[ray]')")
+    ray_address: str | None = _opt(
+        None, "backend: ray only. null: start or join Ray on this machine; auto or "
+        "ray://host:10001: an existing cluster")
+    wire_format: Literal["png16", "png8"] = _opt(
+        "png16", "backend: ray only. the frames actors send back: png16 (the frame store's "
+        "precision) or png8 (what the encoder keeps; ~2.6x fewer bytes at 1080p: "
+        "bench/wire_bytes.py)")
+    max_unit_frames: int = _opt(
+        300, "backend: ray only. a longer shot is split into units of at most this many frames "
+        "(a resumed job keeps the cut it started with)", min=1)
+    unit_overlap: int = _opt(
+        12, "a split unit starts this many frames early (warm-up; remade by the seam pass)",
+        min=0)
 
 
 @dataclass(frozen=True)
@@ -205,6 +226,7 @@ class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @classmethod
     def default(cls) -> Config:
@@ -217,6 +239,7 @@ SECTIONS: dict[str, type] = {
     "video": VideoConfig,
     "limits": LimitsConfig,
     "daemon": DaemonConfig,
+    "cluster": ClusterConfig,
 }
 PATH_KEYS = ("inbox", "outbox", "work", "failed", "done", "styles", "state")
 
@@ -268,6 +291,15 @@ RETIRED_KEYS = {
     "video.long_term": "no longer needed: video.temporal_tolerance holds static regions "
                        "in place; remove it",
 }
+# Keys that moved to another place: "daemon.cluster: has moved to cluster.backend".
+MOVED_KEYS = {
+    "daemon.cluster": "cluster.backend",
+    "daemon.ray_address": "cluster.ray_address",
+    "daemon.wire_format": "cluster.wire_format",
+    "video.max_segment_frames": "cluster.max_unit_frames",
+    "video.segment_overlap": "cluster.unit_overlap",
+}
+RETIRED_KEYS.update({old: f"has moved to {new}" for old, new in MOVED_KEYS.items()})
 
 
 def origin_of(problem: str, origins: Mapping[str, str]) -> str | None:

@@ -1,4 +1,11 @@
-"""Shared fixtures: random VGG-19 weights written to a file and loaded through the real path."""
+"""Shared fixtures: random VGG-19 weights written to a file and loaded through the real path.
+
+A test that needs a daemon takes one of two, both in `nstd.testing`: `stepped.SteppedSite`, a
+supervisor in this process stepped by hand on a fake clock (no torch, milliseconds a step),
+or `site.Site`, a real `nstd run` subprocess (inotify, signals, kill -9, worker processes).
+Each file is named for what it tests: test_ledger.py the ledger, test_daemon.py the stepped
+daemon, test_daemon_e2e.py the same behaviour through a real process, and so on.
+"""
 
 from __future__ import annotations
 

@@ -201,6 +201,12 @@ def test_the_shipped_config_passes_check_config(capsys: pytest.CaptureFixture[st
     assert main(["check-config", "--config", str(shipped)]) == 0
 
 
+def test_print_defaults_writes_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = Path(__file__).resolve().parent.parent / "config.yaml"
+    assert main(["check-config", "--print-defaults"]) == 0
+    assert capsys.readouterr().out == shipped.read_text()
+
+
 def test_bad_set_override_is_a_usage_error(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--set", "style.iterations=lots"]) == 2

@@ -1,4 +1,4 @@
-"""daemon.cluster: ray — a video's units on several actors, actor deaths, the daemon end to end.
+"""cluster.backend: ray — a video's units on several actors, actor deaths, the daemon end to end.
 
 A local Ray (``ray.init(num_cpus=2, include_dashboard=False)``) on loopback, started once for
 the module. Actors run the real engine with the slim random-weights network on tiny frames,
@@ -35,11 +35,12 @@ def local_ray():
     ray.shutdown()
 
 
-def settings(weights: Path, **video: Any) -> dict[str, Any]:
+def settings(weights: Path, **cluster: Any) -> dict[str, Any]:
     return {"model": {"weights": str(weights), "device": "cpu"},
             "style": {"max_side": max(SIZE), "iterations": 6, "coarse_iterations": 2},
-            "video": {"frame_iterations": 3, **video},
-            "daemon": {"cluster": "ray", "workers": 2, "max_attempts": 3}}
+            "video": {"frame_iterations": 3},
+            "daemon": {"workers": 2, "max_attempts": 3},
+            "cluster": {"backend": "ray", **cluster}}
 
 
 def job(tmp_path: Path, clip: Path, config: Any, job_id: int = 1) -> JobSpec:
@@ -83,7 +84,7 @@ def test_shots_on_two_actors_equal_one_workers_output(tmp_path, vgg_weights_path
 
     clip = write_shots_clip(tmp_path / "shots.mp4", shots=3, frames_per_shot=6, size=SIZE)
     base = settings(vgg_weights_path)
-    config = parse_config(base | {"daemon": base["daemon"] | {"wire_format": wire_format}})
+    config = parse_config(base | {"cluster": base["cluster"] | {"wire_format": wire_format}})
     spec = job(tmp_path, clip, config)
     from nstd.temporal.store import FrameStore
 
@@ -114,7 +115,7 @@ def test_shots_on_two_actors_equal_one_workers_output(tmp_path, vgg_weights_path
 def test_an_actor_killed_mid_segment_the_unit_resumes_elsewhere_exactly_once(
         tmp_path, vgg_weights_path, monkeypatch):
     clip = write_shots_clip(tmp_path / "long.mp4", shots=1, frames_per_shot=24, size=SIZE)
-    config = parse_config(settings(vgg_weights_path, max_segment_frames=12, segment_overlap=3))
+    config = parse_config(settings(vgg_weights_path, max_unit_frames=12, unit_overlap=3))
     spec = job(tmp_path, clip, config, job_id=2)
     saved = count_stored_frames(monkeypatch)
     killed: list[int] = []
@@ -141,8 +142,7 @@ def test_simulated_units_spread_over_three_actors(tmp_path, vgg_weights_path,
                                                   monkeypatch):
     monkeypatch.setenv(SIMULATE_ENV, "0.02")
     clip = write_shots_clip(tmp_path / "many.mp4", shots=4, frames_per_shot=6, size=SIZE)
-    config = parse_config(settings(vgg_weights_path) | {"daemon": {
-        "cluster": "ray", "workers": 3}})
+    config = parse_config(settings(vgg_weights_path) | {"daemon": {"workers": 3}})
     spec = job(tmp_path, clip, config, job_id=3)
     end, pool = run_on_cluster(spec, config)
     assert end["event"] == "published", end
@@ -153,8 +153,8 @@ def test_the_daemon_with_cluster_ray_processes_a_dropped_video(tmp_path, vgg_wei
     from nstd.testing.site import Site, kill_all
 
     site = Site.create(tmp_path / "site", vgg_weights_path,
-                       daemon={"cluster": "ray", "workers": 2},
-                       video={"max_segment_frames": 6, "segment_overlap": 2})
+                       daemon={"workers": 2},
+                       cluster={"backend": "ray", "max_unit_frames": 6, "unit_overlap": 2})
     try:
         daemon = site.start("ray", RAY_ADDRESS="")
         clip = write_shots_clip(tmp_path / "drop.mp4", shots=2, frames_per_shot=8, size=SIZE)
@@ -182,7 +182,7 @@ def test_a_unit_whose_actor_dies_max_attempts_times_fails_its_job(tmp_path, vgg_
     monkeypatch.setenv(SIMULATE_ENV, "0.05")
     clip = write_shots_clip(tmp_path / "poison.mp4", shots=1, frames_per_shot=40, size=SIZE)
     config = parse_config(settings(vgg_weights_path) | {"daemon": {
-        "cluster": "ray", "workers": 1, "max_attempts": 3}})
+        "workers": 1, "max_attempts": 3}})
     spec = job(tmp_path, clip, config, job_id=4)
     kills: list[int] = []
 
@@ -211,8 +211,8 @@ def test_seams_and_encoding_start_while_other_units_still_run(tmp_path, vgg_weig
 
     monkeypatch.setenv(SIMULATE_ENV, "0.02")
     clip = write_shots_clip(tmp_path / "three.mp4", shots=3, frames_per_shot=16, size=SIZE)
-    config = parse_config(settings(vgg_weights_path, max_segment_frames=8, segment_overlap=2)
-                          | {"daemon": {"cluster": "ray", "workers": 1}})
+    config = parse_config(settings(vgg_weights_path, max_unit_frames=8, unit_overlap=2)
+                          | {"daemon": {"workers": 1}})
     spec = job(tmp_path, clip, config, job_id=5)
     timeline: list[tuple[str, int]] = []
     real_save, real_side = FrameStore.save_bytes, FrameStore.save_side_bytes

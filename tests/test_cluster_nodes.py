@@ -1,4 +1,4 @@
-"""daemon.cluster: ray — a node of the cluster gone mid-unit (issue 11, Faults).
+"""cluster.backend: ray — a node of the cluster gone mid-unit (issue 11, Faults).
 
 A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`): the head (the
 supervisor's node, as `nstd` joins it) and two worker nodes, one CPU each. The actors take
@@ -120,8 +120,9 @@ def lose_node(nodes: Nodes, name: str) -> None:
 def settings(weights: Path) -> dict[str, Any]:
     return {"model": {"weights": str(weights), "device": "cpu"},
             "style": {"max_side": max(SIZE), "iterations": 6, "coarse_iterations": 2},
-            "video": {"frame_iterations": 3, "max_segment_frames": 12, "segment_overlap": 3},
-            "daemon": {"cluster": "ray", "workers": 2, "max_attempts": 3}}
+            "video": {"frame_iterations": 3},
+            "daemon": {"workers": 2, "max_attempts": 3},
+            "cluster": {"backend": "ray", "max_unit_frames": 12, "unit_overlap": 3}}
 
 
 def job(tmp_path: Path, config: Any) -> JobSpec:

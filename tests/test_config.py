@@ -17,6 +17,7 @@ from nstd.config import (
     parse_config,
     to_mapping,
 )
+from nstd.config_yaml import default_config_text, scalar
 from nstd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,19 +38,65 @@ def test_empty_mapping_gives_the_documented_defaults() -> None:
     assert config.model.weights is None and config.video.init == "warped"
 
 
-def test_shipped_config_yaml_documents_every_key_with_its_default() -> None:
-    text = (REPO / "config.yaml").read_text()
+def test_shipped_config_yaml_is_the_text_written_from_the_schema() -> None:
+    """One source: a description changed in nstd/config.py must reach config.yaml."""
+    shipped = (REPO / "config.yaml").read_text()
+    assert shipped == default_config_text(), (
+        "config.yaml is out of date: nstd check-config --print-defaults > config.yaml")
+
+
+def test_the_written_config_holds_every_key_with_its_default_and_description() -> None:
+    text = default_config_text()
     data = yaml.safe_load(text)
     for section, cls in SECTIONS.items():
-        for key in (f.name for f in dataclasses.fields(cls)):
-            assert key in data[section], f"config.yaml does not document {section}.{key}"
-    # The shipped file holds exactly the defaults (paths aside, which it resolves).
+        for f in dataclasses.fields(cls):
+            assert f.name in data[section], f"config.yaml does not document {section}.{f.name}"
+            assert f"# {f.metadata['doc']}\n" in text, f"{section}.{f.name}: doc missing"
+    # The file holds exactly the defaults (paths aside, which it resolves).
     assert parse_config(data) == Config.default()
     for line in text.splitlines():
         stripped = line.strip()
         if stripped and not stripped.startswith("#") and not line.startswith("    ") \
                 and line.startswith("  ") and not stripped.endswith(":"):
-            assert "#" in line, f"config.yaml line without a comment: {line!r}"
+            assert " # " in line, f"config.yaml line without a comment: {line!r}"
+
+
+def test_a_time_of_day_is_written_quoted_so_yaml_reads_it_back_as_text() -> None:
+    assert scalar("22:00-07:00") == '"22:00-07:00"'
+    assert yaml.safe_load(scalar("22:00")) == "22:00"  # unquoted, YAML 1.1 reads 1320
+    assert [scalar(v) for v in (None, True, 0.0001, [0.5, 1.0], [])] == [
+        "null", "true", "0.0001", "[0.5, 1.0]", "[]"]
+
+
+# ------------------------------------------------------------- the cluster: section
+
+
+def test_the_cluster_section_holds_the_ray_keys() -> None:
+    config = parse_config({"cluster": {"backend": "ray", "ray_address": "auto",
+                                       "wire_format": "png8", "max_unit_frames": 40,
+                                       "unit_overlap": 4}})
+    assert (config.cluster.backend, config.cluster.ray_address, config.cluster.wire_format,
+            config.cluster.max_unit_frames, config.cluster.unit_overlap) == (
+        "ray", "auto", "png8", 40, 4)
+    assert Config.default().cluster.backend == "local"
+    assert problems_of({"cluster": {"backend": "slurm"}}) == [
+        "cluster.backend: must be one of local | ray, got 'slurm'"]
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("daemon.cluster", "cluster.backend"),
+    ("daemon.ray_address", "cluster.ray_address"),
+    ("daemon.wire_format", "cluster.wire_format"),
+    ("video.max_segment_frames", "cluster.max_unit_frames"),
+    ("video.segment_overlap", "cluster.unit_overlap"),
+])
+def test_a_key_that_moved_to_cluster_names_its_new_place(old: str, new: str,
+                                                          tmp_path: Path) -> None:
+    section, key = old.split(".")
+    path = config_file(tmp_path, f"{section}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.lines() == [f"{path}: {old}: has moved to {new}"]
 
 
 def test_unknown_keys_and_sections_are_errors_naming_their_path() -> None:

@@ -1,8 +1,9 @@
 """The daemon, stepped by hand: a fake clock, a fake engine and job runner, no subprocess.
 
-`Daemon.step(now)` is driven with injected time; watchdog events are built by hand and given
-to the daemon's handler. The runner stands in for `nstd.pipeline.run_job`: it writes a small
-image at the requested output (or raises what a test needs).
+`nstd.testing.stepped.SteppedSite` drives `Daemon.step(now)` with injected time; watchdog
+events are built by hand and given to the daemon's handler. Its runner stands in for
+`nstd.pipeline.run_job`: it writes a small image at the requested output (or raises what a
+test needs).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,7 @@ from nstd.cli.main import main
 from nstd.config import Config, parse_config
 from nstd.daemon import outcome
 from nstd.daemon.intake import read_sidecar, resolve_style
-from nstd.daemon.ledger import Ledger, ledger_path
-from nstd.daemon.notify import SystemdNotifier
-from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.startup import check_folders
-from nstd.daemon.supervisor import Daemon
-from nstd.daemon.worker import InlineBackend
 from nstd.errors import (
     ConfigError,
     InputError,
@@ -35,57 +31,10 @@ from nstd.errors import (
     OutOfMemoryError,
     TransientError,
 )
-from nstd.job import JobReport, JobRequest
+from nstd.job import JobRequest
 from nstd.media.images import write_image
-from nstd.progress import JobProgress
 from nstd.testing.media import write_test_image
-from nstd.testing.stepped import grey_image_result
-
-SETTLE = 2.0
-T0 = 1_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class FakeEngines:
-    def __init__(self) -> None:
-        self.configs: list[Config] = []
-
-    def stylizer(self, config: Config) -> object:
-        self.configs.append(config)
-        return object()
-
-
-class RecordingNotifier(SystemdNotifier):
-    def __init__(self) -> None:
-        super().__init__("\0test")
-        self.sent: list[str] = []
-
-    def send(self, *lines: str) -> bool:
-        self.sent.extend(lines)
-        return True
-
-
-class Runner:
-    """Stands in for run_job: records requests, writes an image, or does `action` instead."""
-
-    def __init__(self) -> None:
-        self.requests: list[JobRequest] = []
-        self.action: Callable[[JobRequest, dict[str, Any]], None] | None = None
-
-    def __call__(self, request: JobRequest, stylizer: object, **kwargs: Any) -> JobReport:
-        self.requests.append(request)
-        kwargs["heartbeat"]()
-        kwargs["progress"](JobProgress(done=1, total=2, unit="iteration", elapsed=0.1))
-        if self.action is not None:
-            self.action(request, kwargs)
-        return grey_image_result(request.output)
+from nstd.testing.stepped import SETTLE, SteppedSite
 
 
 def make_config(root: Path, **daemon: Any) -> Config:
@@ -104,55 +53,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def rig(root: Path) -> Rig:
-    return Rig(root)
-
-
-class Rig:
-    """A daemon on temp folders with a fake clock, engine, runner and notifier."""
-
-    def __init__(self, root: Path, **daemon: Any) -> None:
-        self.root = root
-        self.config = make_config(root, **daemon)
-        check_folders(self.config)
-        self.inbox = Path(self.config.daemon.inbox)
-        self.outbox = Path(self.config.daemon.outbox)
-        self.failed = Path(self.config.daemon.failed)
-        self.done = Path(self.config.daemon.done)
-        self.clock = Clock()
-        self.runner = Runner()
-        self.engines = FakeEngines()
-        self.notifier = RecordingNotifier()
-        self.ledger = Ledger.open(ledger_path(self.config.daemon.state))
-        self.daemon = self.new_daemon()
-
-    def new_daemon(self) -> Daemon:
-        backend = InlineBackend(self.engines, self.runner,
-                                lambda: self.daemon.stop_requested)
-        return Daemon(self.config, self.ledger, self.notifier, backend=backend,
-                      plans=[WorkerPlan(None, 1)], clock=self.clock, monotonic=self.clock,
-                      watch=False)
-
-    def start(self) -> None:
-        self.daemon.start(self.clock.t)
-
-    def step(self, advance: float = 0.0) -> bool:
-        self.clock.t += advance
-        return self.daemon.step(self.clock.t)
-
-    def settle(self) -> bool:
-        """Let everything noticed settle, then take one step."""
-        return self.step(SETTLE + 0.01)
-
-    def drop(self, rel: str, seed: int = 0) -> Path:
-        path = self.inbox / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_test_image(path, size=(24, 16), seed=seed)
-        self.daemon.handler.dispatch(FileCreatedEvent(str(path)))
-        return path
-
-    def jobs(self) -> list[Any]:
-        return self.ledger.active() + self.ledger.recent(100)
+def rig(root: Path) -> SteppedSite:
+    return SteppedSite(root)
 
 
 def files(folder: Path) -> list[str]:
@@ -162,7 +64,7 @@ def files(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- noticing
 
 
-def test_a_file_is_taken_only_once_it_has_settled(rig: Rig) -> None:
+def test_a_file_is_taken_only_once_it_has_settled(rig: SteppedSite) -> None:
     write_test_image(rig.inbox / "early.png", size=(24, 16))  # there before start: the scan
     rig.start()
     assert not rig.step()
@@ -175,7 +77,7 @@ def test_a_file_is_taken_only_once_it_has_settled(rig: Rig) -> None:
     assert files(rig.inbox) == []
 
 
-def test_a_growing_file_is_never_taken(rig: Rig) -> None:
+def test_a_growing_file_is_never_taken(rig: SteppedSite) -> None:
     rig.start()
     path = rig.inbox / "slow.png"
     with open(path, "wb") as handle:
@@ -187,7 +89,7 @@ def test_a_growing_file_is_never_taken(rig: Rig) -> None:
     assert rig.runner.requests == [] and rig.ledger.counts()["queued"] == 0
 
 
-def test_a_part_file_renamed_in_is_taken_under_its_final_name(rig: Rig) -> None:
+def test_a_part_file_renamed_in_is_taken_under_its_final_name(rig: SteppedSite) -> None:
     rig.start()
     part = rig.inbox / "clip.png.part"
     write_test_image(rig.root / "tmp.png", size=(24, 16))
@@ -202,7 +104,7 @@ def test_a_part_file_renamed_in_is_taken_under_its_final_name(rig: Rig) -> None:
     assert files(rig.outbox) == ["clip.mosaic.png"]
 
 
-def test_the_rescan_catches_files_without_events(rig: Rig) -> None:
+def test_the_rescan_catches_files_without_events(rig: SteppedSite) -> None:
     rig.start()
     write_test_image(rig.inbox / "quiet.png", size=(24, 16))  # no event dispatched
     assert not rig.step(30)
@@ -211,7 +113,7 @@ def test_the_rescan_catches_files_without_events(rig: Rig) -> None:
     assert files(rig.outbox) == ["quiet.mosaic.png"]
 
 
-def test_files_in_a_style_folder_keep_their_sub_folder(rig: Rig) -> None:
+def test_files_in_a_style_folder_keep_their_sub_folder(rig: SteppedSite) -> None:
     rig.start()
     rig.drop("other/trip/beach.png")
     rig.step()
@@ -221,7 +123,7 @@ def test_files_in_a_style_folder_keep_their_sub_folder(rig: Rig) -> None:
     assert rig.runner.requests[0].styles[0].name == "other.jpg"
 
 
-def test_a_file_noticed_many_times_is_one_job(rig: Rig) -> None:
+def test_a_file_noticed_many_times_is_one_job(rig: SteppedSite) -> None:
     rig.start()
     path = rig.drop("a.png")
     for _ in range(3):
@@ -235,7 +137,7 @@ def test_a_file_noticed_many_times_is_one_job(rig: Rig) -> None:
 
 
 def test_kept_originals_are_not_processed_again(root: Path) -> None:
-    rig = Rig(root, originals="keep")
+    rig = SteppedSite(root, originals="keep")
     rig.start()
     rig.drop("a.png")
     rig.step()
@@ -248,7 +150,7 @@ def test_kept_originals_are_not_processed_again(root: Path) -> None:
 
 
 def test_deleted_originals(root: Path) -> None:
-    rig = Rig(root, originals="delete")
+    rig = SteppedSite(root, originals="delete")
     rig.start()
     rig.drop("a.png")
     rig.step()
@@ -260,7 +162,7 @@ def test_deleted_originals(root: Path) -> None:
 # --------------------------------------------------------------------------- outputs
 
 
-def test_outputs_never_overwrite_and_take_numbered_names(rig: Rig) -> None:
+def test_outputs_never_overwrite_and_take_numbered_names(rig: SteppedSite) -> None:
     rig.outbox.mkdir(exist_ok=True)
     (rig.outbox / "a.mosaic.png").write_bytes(b"somebody else's file")
     rig.start()
@@ -272,7 +174,7 @@ def test_outputs_never_overwrite_and_take_numbered_names(rig: Rig) -> None:
     assert rig.ledger.find("a.png").output == str(rig.outbox / "a.mosaic-1.png")
 
 
-def test_the_output_is_recorded_before_it_is_published(rig: Rig) -> None:
+def test_the_output_is_recorded_before_it_is_published(rig: SteppedSite) -> None:
     seen: list[str | None] = []
     rig.runner.action = lambda request, _: seen.append(rig.ledger.find("a.png").output)
     rig.start()
@@ -282,7 +184,7 @@ def test_the_output_is_recorded_before_it_is_published(rig: Rig) -> None:
     assert seen == [str(rig.outbox / "a.mosaic.png")]
 
 
-def test_killed_after_publishing_finishes_without_computing_again(rig: Rig) -> None:
+def test_killed_after_publishing_finishes_without_computing_again(rig: SteppedSite) -> None:
     def killed_after_publish(request: JobRequest, _: dict[str, Any]) -> None:
         write_image(request.output, np.zeros((8, 8, 3), np.float32))
         raise KeyboardInterrupt  # stands in for kill -9: nothing after this runs
@@ -294,10 +196,7 @@ def test_killed_after_publishing_finishes_without_computing_again(rig: Rig) -> N
     with pytest.raises(KeyboardInterrupt):
         rig.settle()
     assert rig.ledger.counts()["running"] == 1
-    # "Restart": a new daemon on the same ledger and folders.
-    rig.runner = Runner()
-    rig.daemon = rig.new_daemon()
-    rig.start()
+    rig.restart()  # a new daemon on the same ledger and folders
     assert rig.step()
     assert rig.runner.requests == []  # not computed again
     assert files(rig.outbox) == ["a.mosaic.png"]
@@ -306,7 +205,7 @@ def test_killed_after_publishing_finishes_without_computing_again(rig: Rig) -> N
 
 
 def test_killed_after_done_before_the_move_moves_without_reprocessing(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig: SteppedSite, monkeypatch: pytest.MonkeyPatch) -> None:
     def killed(*_: Any) -> str:
         raise KeyboardInterrupt
 
@@ -318,16 +217,14 @@ def test_killed_after_done_before_the_move_moves_without_reprocessing(
         rig.settle()
     monkeypatch.undo()
     assert files(rig.inbox) == ["a.png"] and rig.ledger.counts()["done"] == 1
-    rig.runner = Runner()
-    rig.daemon = rig.new_daemon()
-    rig.start()  # the start-up scan notices a.png again
+    rig.restart()  # the start-up scan notices a.png again
     rig.settle()
     assert rig.runner.requests == []
     assert files(rig.inbox) == [] and files(rig.done) == ["a.png"]
     assert files(rig.outbox) == ["a.mosaic.png"]
 
 
-def test_stale_temp_files_and_work_folders_are_removed_at_start(rig: Rig) -> None:
+def test_stale_temp_files_and_work_folders_are_removed_at_start(rig: SteppedSite) -> None:
     stale = rig.outbox / "sub" / ".a.mosaic.png.99999999.0123abcd.tmp"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half")
@@ -339,7 +236,7 @@ def test_stale_temp_files_and_work_folders_are_removed_at_start(rig: Rig) -> Non
     assert not stale.exists() and foreign.exists() and not orphan.exists()
 
 
-def test_a_replaced_source_is_left_alone_and_queued_as_a_new_job(rig: Rig) -> None:
+def test_a_replaced_source_is_left_alone_and_queued_as_a_new_job(rig: SteppedSite) -> None:
     def replace(request: JobRequest, _: dict[str, Any]) -> None:
         write_test_image(request.source, size=(30, 20), seed=9)
 
@@ -358,7 +255,7 @@ def test_a_replaced_source_is_left_alone_and_queued_as_a_new_job(rig: Rig) -> No
     assert files(rig.done) == ["a.png"]
 
 
-def test_a_source_removed_before_it_is_claimed_is_dropped(rig: Rig) -> None:
+def test_a_source_removed_before_it_is_claimed_is_dropped(rig: SteppedSite) -> None:
     rig.start()
     path = rig.drop("a.png")
     rig.step()
@@ -373,7 +270,7 @@ def test_a_source_removed_before_it_is_claimed_is_dropped(rig: Rig) -> None:
 
 
 def test_transient_errors_retry_with_backoff_then_fail(root: Path) -> None:
-    rig = Rig(root, max_attempts=2)
+    rig = SteppedSite(root, max_attempts=2)
 
     def busy(*_: Any) -> None:
         raise TransientError("the file is briefly unreadable")
@@ -395,7 +292,7 @@ def test_transient_errors_retry_with_backoff_then_fail(root: Path) -> None:
     assert files(rig.outbox) == []
 
 
-def test_an_unwritable_outbox_is_retried_not_failed(rig: Rig) -> None:
+def test_an_unwritable_outbox_is_retried_not_failed(rig: SteppedSite) -> None:
     def read_only(request: JobRequest, _: dict[str, Any]) -> None:
         raise PermissionError(13, "Permission denied", str(request.output))
 
@@ -410,7 +307,7 @@ def test_an_unwritable_outbox_is_retried_not_failed(rig: Rig) -> None:
 
 
 def test_out_of_memory_retries_with_half_the_memory_budget_at_the_same_size(
-        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+        rig: SteppedSite, caplog: pytest.LogCaptureFixture) -> None:
     def oom_once(request: JobRequest, _: dict[str, Any]) -> None:
         if len(rig.runner.requests) == 1:
             raise OutOfMemoryError("out of GPU memory stylizing 32x21")
@@ -434,7 +331,7 @@ def test_out_of_memory_retries_with_half_the_memory_budget_at_the_same_size(
 
 @pytest.mark.parametrize("error", [InputError("a.png is truncated or corrupt"),
                                    RuntimeError("something nobody expected")])
-def test_permanent_and_unexpected_errors_fail_at_once(rig: Rig, error: Exception) -> None:
+def test_permanent_and_unexpected_errors_fail_at_once(rig: SteppedSite, error: Exception) -> None:
     def fail(*_: Any) -> None:
         raise error
 
@@ -457,7 +354,7 @@ def test_permanent_and_unexpected_errors_fail_at_once(rig: Rig, error: Exception
     assert files(rig.outbox) == ["b.mosaic.png"]
 
 
-def test_stop_during_a_job_puts_it_back_without_penalty(rig: Rig) -> None:
+def test_stop_during_a_job_puts_it_back_without_penalty(rig: SteppedSite) -> None:
     def stopped(request: JobRequest, kwargs: dict[str, Any]) -> None:
         rig.daemon.request_stop()  # what the SIGTERM handler does
         assert kwargs["should_stop"]()
@@ -477,7 +374,7 @@ def test_stop_during_a_job_puts_it_back_without_penalty(rig: Rig) -> None:
 # --------------------------------------------------------------------------- styles, sidecars
 
 
-def test_a_sidecar_picks_the_style_and_overrides_settings(rig: Rig) -> None:
+def test_a_sidecar_picks_the_style_and_overrides_settings(rig: SteppedSite) -> None:
     rig.start()
     (rig.inbox / "a.png.yaml").write_text("style_name: other\nstyle:\n  iterations: 7\n")
     rig.drop("a.png")
@@ -500,11 +397,13 @@ def test_a_sidecar_picks_the_style_and_overrides_settings(rig: Rig) -> None:
     ("style:\n  colour: red", "style.colour: unknown key"),
     ("daemon:\n  outbox: /tmp", "daemon: cannot be set per job"),
     ("limits:\n  max_pixels: 1000000000000", "limits: cannot be set per job"),
+    ("cluster:\n  ray_address: auto", "cluster: cannot be set per job"),
     ("model:\n  weights: /etc/shadow", "model.weights: cannot be set per job"),
     ("style: [1, 2", "not valid YAML"),
     ("- a list", "must be a mapping"),
 ])
-def test_bad_sidecars_fail_the_job_with_the_reason(rig: Rig, sidecar: str, reason: str) -> None:
+def test_bad_sidecars_fail_the_job_with_the_reason(rig: SteppedSite, sidecar: str,
+                                                   reason: str) -> None:
     rig.start()
     (rig.inbox / "a.png.yaml").write_text(sidecar + "\n")
     rig.drop("a.png")
@@ -517,7 +416,7 @@ def test_bad_sidecars_fail_the_job_with_the_reason(rig: Rig, sidecar: str, reaso
     assert reason in (rig.failed / "a.png.error.txt").read_text()
 
 
-def test_an_unknown_style_folder_fails_its_files(rig: Rig) -> None:
+def test_an_unknown_style_folder_fails_its_files(rig: SteppedSite) -> None:
     rig.start()
     rig.drop("nosuch/a.png")
     rig.step()
@@ -579,7 +478,7 @@ def test_unwritable_folders_and_a_missing_default_style_are_refused(root: Path) 
 def test_ready_status_and_watchdog(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "20000000")  # ping every 10 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    rig = Rig(root)
+    rig = SteppedSite(root)
     rig.start()
     assert rig.notifier.sent[0] == "READY=1"
     assert rig.notifier.sent[1] == "STATUS=idle; 0 queued"
@@ -597,27 +496,28 @@ def test_ready_status_and_watchdog(root: Path, monkeypatch: pytest.MonkeyPatch) 
     assert rig.notifier.sent == ["WATCHDOG=1"]
 
 
-def test_the_idle_wait_is_until_the_next_thing_due(rig: Rig) -> None:
+def test_the_idle_wait_is_until_the_next_thing_due(rig: SteppedSite) -> None:
     rig.start()
     assert rig.daemon.idle_timeout(rig.clock.t, rig.clock.t) == pytest.approx(60.0)
     rig.drop("a.png")
     rig.step()
     assert rig.daemon.idle_timeout(rig.clock.t, rig.clock.t) == pytest.approx(SETTLE)
-    rig.daemon.wait(0.01)  # nothing arrives: returns after the timeout
+    started = time.monotonic()
+    rig.daemon.wait(0.05)  # nothing arrives: it returns after the timeout
+    assert 0.04 <= time.monotonic() - started < 5
+    rig.settle()
+    started = time.monotonic()
+    rig.drop("b.png", seed=1)  # an inbox event wakes it at once, long before the timeout
+    rig.daemon.wait(60)
+    assert time.monotonic() - started < 5
+    rig.step()  # the step takes what woke it: b.png is noticed and settling
+    assert rig.daemon.idle_timeout(rig.clock.t, rig.clock.t) == pytest.approx(SETTLE)
 
 
 # --------------------------------------------------------------------------- status and retry
 
 
-def write_config_file(rig: Rig) -> Path:
-    path = rig.root / "config.yaml"
-    d = rig.config.daemon
-    path.write_text(json.dumps({"daemon": {k: getattr(d, k) for k in (
-        "inbox", "outbox", "work", "failed", "done", "styles", "state")}}))
-    return path
-
-
-def test_status_json_and_text(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_json_and_text(rig: SteppedSite, capsys: pytest.CaptureFixture[str]) -> None:
     def fail(request: JobRequest, _: dict[str, Any]) -> None:
         if request.source.name == "bad.png":
             raise InputError("bad.png is truncated or corrupt")
@@ -629,7 +529,7 @@ def test_status_json_and_text(rig: Rig, capsys: pytest.CaptureFixture[str]) -> N
     rig.step()
     rig.settle()
     rig.step()
-    config = write_config_file(rig)
+    config = rig.config_file()
     assert main(["status", "--json", "--config", str(config)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["counts"] == {"queued": 0, "running": 0, "done": 1, "failed": 1}
@@ -641,7 +541,7 @@ def test_status_json_and_text(rig: Rig, capsys: pytest.CaptureFixture[str]) -> N
     assert "1 done, 1 failed" in text and "bad.png is truncated" in text
 
 
-def test_retry_moves_the_file_back_and_requeues_it(rig: Rig,
+def test_retry_moves_the_file_back_and_requeues_it(rig: SteppedSite,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     def fail(*_: Any) -> None:
         raise InputError("a.png is truncated or corrupt")
@@ -654,7 +554,7 @@ def test_retry_moves_the_file_back_and_requeues_it(rig: Rig,
     rig.settle()
     rig.step(3 * SETTLE + 0.01)  # unreadable files are held a while (a copy that paused)
     assert files(rig.failed) == ["other/a.png", "other/a.png.error.txt", "other/a.png.yaml"]
-    config = write_config_file(rig)
+    config = rig.config_file()
     assert main(["retry", "a.png", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "requeued 1 job"
     assert files(rig.failed) == []
@@ -669,7 +569,7 @@ def test_retry_moves_the_file_back_and_requeues_it(rig: Rig,
     assert main(["retry", "--all", "--config", str(config)]) == 2  # nothing failed now
 
 
-def test_retry_that_puts_nothing_back_exits_1(rig: Rig,
+def test_retry_that_puts_nothing_back_exits_1(rig: SteppedSite,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     def fail(*_: Any) -> None:
         raise ConfigError("style.iterations: too many")  # fails at once, for good
@@ -680,18 +580,18 @@ def test_retry_that_puts_nothing_back_exits_1(rig: Rig,
     rig.step()
     rig.settle()
     (rig.failed / "a.png").unlink()  # someone cleaned failed/ by hand
-    config = write_config_file(rig)
+    config = rig.config_file()
     assert main(["retry", "--all", "--config", str(config)]) == 1
     out = capsys.readouterr().out
     assert "no longer in" in out and out.splitlines()[-1] == "requeued 0 jobs"
 
 
-def test_status_shows_files_that_are_settling(rig: Rig,
+def test_status_shows_files_that_are_settling(rig: SteppedSite,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     rig.start()
     rig.drop("other/a.png")
     rig.step()
-    config = write_config_file(rig)
+    config = rig.config_file()
     assert main(["status", "--json", "--config", str(config)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [f["source"] for f in data["settling"]] == ["other/a.png"] and data["queued"] == []
@@ -705,7 +605,7 @@ def test_status_shows_files_that_are_settling(rig: Rig,
 
 
 def test_after_a_restart_queued_files_are_not_counted_as_settling(
-        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+        rig: SteppedSite, caplog: pytest.LogCaptureFixture) -> None:
     rig.runner.action = lambda *_: (_ for _ in ()).throw(AssertionError("not to run"))
     rig.start()
     for name in ("a.png", "b.png", "c.png"):
@@ -721,7 +621,7 @@ def test_after_a_restart_queued_files_are_not_counted_as_settling(
     assert "3 queued, 1 file settling" in caplog.text, caplog.text
 
 
-def test_a_style_added_while_the_daemon_runs_is_used_without_a_restart(rig: Rig) -> None:
+def test_a_style_added_while_the_daemon_runs_is_used_without_a_restart(rig: SteppedSite) -> None:
     rig.start()
     write_test_image(rig.root / "styles" / "fresh.png", size=(16, 16), seed=5)
     rig.drop("fresh/x.png")
@@ -753,7 +653,7 @@ def test_engine_cache_loads_once_and_reuses_extractors(vgg_weights_path: Path) -
 # --------------------------------------------------------------------------- the job contract
 
 
-def test_a_file_read_as_truncated_that_then_changes_is_a_copy_in_progress(rig: Rig) -> None:
+def test_a_file_read_as_truncated_that_then_changes_is_a_copy_in_progress(rig: SteppedSite) -> None:
     def truncated(request: JobRequest, _: dict[str, Any]) -> None:
         if len(rig.runner.requests) == 1:
             raise InputError("a.png is truncated or corrupt")
@@ -781,7 +681,7 @@ def test_a_file_read_as_truncated_that_then_changes_is_a_copy_in_progress(rig: R
     ("video:\n  frame_iterations: 5000\n",
      "video.frame_iterations: 5000 is more than limits.max_frame_iterations (1000)"),
 ])
-def test_a_sidecar_cannot_exceed_the_limits(rig: Rig, sidecar: str, reason: str) -> None:
+def test_a_sidecar_cannot_exceed_the_limits(rig: SteppedSite, sidecar: str, reason: str) -> None:
     rig.start()
     rig.drop("a.png")
     (rig.inbox / "a.png.yaml").write_text(sidecar)

@@ -39,14 +39,12 @@ def write_mask(path: Path, size: tuple[int, int] = (24, 16), white: str = "top")
 def site(tmp_path: Path) -> SteppedSite:
     site = SteppedSite(tmp_path)
     write_test_image(tmp_path / "styles" / "other.png", size=(16, 16), seed=2)
-    site.requests: list[Any] = []
     site.mask_bytes: list[list[bytes]] = []  # what the engine could read while it ran
 
     def record(request: Any, kwargs: Any) -> None:
-        site.requests.append(request)
         site.mask_bytes.append([p.read_bytes() for p in request.masks])
 
-    site.action = record
+    site.runner.action = record
     site.start()
     return site
 
@@ -55,7 +53,7 @@ def drop_with_sidecar(site: SteppedSite, sidecar: str, name: str = "a.png") -> N
     (site.inbox / f"{name}.yaml").write_text(sidecar)
     site.drop(name)  # 24x16
     site.step()
-    site.step(site.settle + 0.01)
+    site.settle()
 
 
 def files(folder: Path) -> list[str]:
@@ -71,7 +69,7 @@ def test_each_style_gets_its_mask_and_the_engine_reads_copies(site: SteppedSite)
     site.daemon.handler.dispatch(FileCreatedEvent(str(sky)))  # noticed, never a job
     drop_with_sidecar(site, TWO_MASKS)
 
-    [request] = site.requests
+    [request] = site.runner.requests
     assert [p.name for p in request.styles] == ["mosaic.png", "other.png"]
     assert request.blend == (1.0, 1.0)
     assert site.mask_bytes == [[sky.read_bytes(), ground.read_bytes()]]
@@ -91,7 +89,7 @@ def test_a_mask_shared_by_two_photos_serves_both(site: SteppedSite) -> None:
     drop_with_sidecar(site, TWO_MASKS, "a.png")
     drop_with_sidecar(site, TWO_MASKS, "b.png")
     assert files(site.outbox) == ["a.mosaic+other.png", "b.mosaic+other.png"]
-    assert len(site.requests) == 2
+    assert len(site.runner.requests) == 2
 
 
 @pytest.mark.parametrize(("sidecar", "masks", "reason"), [
@@ -120,7 +118,7 @@ def test_bad_masks_fail_the_job_at_intake_with_the_reason(
         else:
             write_mask(site.inbox / name, white=white)
     drop_with_sidecar(site, sidecar)
-    assert site.requests == []
+    assert site.runner.requests == []
     [job] = site.ledger.recent(10)
     assert job.state == "failed"
     assert reason in job.error, job.error
@@ -131,12 +129,13 @@ def test_a_mask_removed_after_intake_fails_the_job_at_claim(site: SteppedSite) -
     write_mask(site.inbox / "sky.mask.png")
     (site.inbox / "b.png.yaml").write_text("style_masks:\n  mosaic: sky.mask.png\n")
     # a.png runs first; while it runs, the mask b.png was queued with is deleted.
-    site.action = lambda request, kwargs: (site.inbox / "sky.mask.png").unlink(missing_ok=True)
+    site.runner.action = lambda request, kwargs: (site.inbox / "sky.mask.png").unlink(
+        missing_ok=True)
     site.drop("a.png")
     site.drop("b.png", seed=1)
     site.step()
     for _ in range(4):
-        site.step(site.settle + 0.01)
+        site.settle()
     jobs = {job.source: job for job in site.ledger.recent(10)}
     assert jobs["a.png"].state == "done"
     assert jobs["b.png"].state == "failed"

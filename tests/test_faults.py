@@ -7,13 +7,12 @@ left alone and logged), the daemon keeps running, and no source is ever lost or 
 failpoints; the real-filesystem variants (a tmpfs that fills up, a read-only bind mount) run
 where the test may mount (root with CAP_SYS_ADMIN) and are skipped otherwise.
 
-In-process tests drive `Daemon.step(now)` with a fake clock; the rest run `nstd run` in a
-subprocess (`nstd.testing.site`).
+In-process tests drive `Daemon.step(now)` with a fake clock (`nstd.testing.stepped`); the
+rest run `nstd run` in a subprocess (`nstd.testing.site`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -22,31 +21,25 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from watchdog.events import FileCreatedEvent
 
 from nstd import faults
 from nstd.cli.main import main
 from nstd.config import parse_config
-from nstd.daemon.ledger import Ledger, ledger_path
-from nstd.daemon.pool import WorkerPlan
-from nstd.daemon.startup import check_folders
-from nstd.daemon.supervisor import Daemon
-from nstd.daemon.worker import InlineBackend
+from nstd.daemon.ledger import ledger_path
 from nstd.errors import InputError, OutOfMemoryError
-from nstd.job import JobReport, JobRequest
+from nstd.job import JobRequest
 from nstd.media.images import read_image, write_image
 from nstd.testing.media import write_test_clip, write_test_image
 from nstd.testing.site import Site, checksums, kill_all, listing, temp_files
-from nstd.testing.stepped import Clock, FakeEngines, grey_image_result
+from nstd.testing.stepped import SETTLE, SteppedSite
 
-SETTLE = 2.0
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -62,8 +55,7 @@ def _disarm() -> Iterator[None]:
 
 
 def test_failpoints_are_inert_unless_armed_and_count_hits() -> None:
-    assert faults._points is None
-    faults.failpoint("publish.before_rename")  # nothing happens
+    faults.failpoint("publish.before_rename")  # not armed: nothing happens
     faults.configure("x=enospc@2*2; y=oom")
     faults.failpoint("x")  # 1st hit: before @2
     for _ in range(2):
@@ -88,89 +80,6 @@ def test_a_kill_failpoint_is_a_real_sigkill() -> None:
     assert "failpoint here: kill" in result.stderr
 
 
-# --------------------------------------------------------------------------- in-process rig
-
-
-
-
-class Runner:
-    """Stands in for run_job: writes a small image through the real atomic publish path."""
-
-    def __init__(self) -> None:
-        self.requests: list[JobRequest] = []
-        self.action: Callable[[JobRequest, dict[str, Any]], None] | None = None
-
-    def __call__(self, request: JobRequest, stylizer: object, **kwargs: Any) -> JobReport:
-        self.requests.append(request)
-        kwargs["heartbeat"]()
-        if self.action is not None:
-            self.action(request, kwargs)
-        return grey_image_result(request.output)
-
-
-class Rig:
-    """A daemon on temp folders, stepped by hand. ``engines``/``runner`` None = the real ones."""
-
-    def __init__(self, root: Path, *, engines: Any = None, real: bool = False,
-                 clock: float = 1_000_000.0, **daemon: Any) -> None:
-        self.root = root
-        styles = root / "styles"
-        if not styles.exists():
-            styles.mkdir()
-            write_test_image(styles / "mosaic.png", size=(16, 16), seed=1)
-        settings = {"settle_seconds": SETTLE, "rescan_seconds": 60.0, "max_attempts": 3,
-                    "retry_backoff_seconds": 10.0, **daemon}
-        self.config = parse_config({"daemon": settings,
-                                    "style": {"max_side": 32, "iterations": 2,
-                                              "coarse_iterations": 1, "min_scale_side": 16}},
-                                   base_dir=root)
-        check_folders(self.config)
-        d = self.config.daemon
-        self.inbox, self.outbox = Path(d.inbox), Path(d.outbox)
-        self.failed, self.done, self.work = Path(d.failed), Path(d.done), Path(d.work)
-        self.clock = Clock(clock)
-        self.runner: Runner | None = None if real else Runner()
-        self.engines = engines or FakeEngines()
-        self.ledger = Ledger.open(ledger_path(d.state))
-        self.daemon = self.new_daemon()
-
-    def new_daemon(self) -> Daemon:
-        backend = InlineBackend(self.engines, self.runner,
-                                lambda: self.daemon.stop_requested)
-        return Daemon(self.config, self.ledger, backend=backend, plans=[WorkerPlan(None, 1)],
-                      clock=self.clock, monotonic=self.clock, watch=False)
-
-    def restart(self, *, ledger: bool = False) -> None:
-        """A new daemon on the same folders (and, with ``ledger``, a reopened ledger)."""
-        if ledger:
-            self.ledger.close()
-            self.ledger = Ledger.open(ledger_path(self.config.daemon.state))
-        if self.runner is not None:
-            self.runner = Runner()
-        self.daemon = self.new_daemon()
-        self.daemon.start(self.clock.t)
-
-    def start(self) -> None:
-        self.daemon.start(self.clock.t)
-
-    def step(self, advance: float = 0.0) -> bool:
-        self.clock.t += advance
-        return self.daemon.step(self.clock.t)
-
-    def settle(self) -> bool:
-        return self.step(SETTLE + 0.01)
-
-    def drop(self, rel: str, seed: int = 0, size: tuple[int, int] = (24, 16)) -> Path:
-        path = self.inbox / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_test_image(path, size=size, seed=seed)
-        self.daemon.handler.dispatch(FileCreatedEvent(str(path)))
-        return path
-
-    def job(self, source: str) -> Any:
-        return self.ledger.find(source)
-
-
 # --------------------------------------------------------------------------- disk full, read-only
 
 
@@ -182,7 +91,7 @@ class Rig:
 ])
 def test_io_errors_while_publishing_are_retried_and_publish_nothing_partial(
         tmp_path: Path, spec: str, message: str) -> None:
-    rig = Rig(tmp_path)
+    rig = SteppedSite(tmp_path)
     rig.start()
     path = rig.drop("a.png")
     before = checksums(rig.inbox)
@@ -205,7 +114,7 @@ def test_io_errors_while_publishing_are_retried_and_publish_nothing_partial(
 
 def test_a_ledger_that_cannot_be_written_pauses_then_finishes_without_recomputing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rig = Rig(tmp_path)
+    rig = SteppedSite(tmp_path)
     rig.start()
     rig.drop("a.png")
     rig.step()
@@ -294,7 +203,7 @@ def test_the_disk_fills_up_during_a_video_then_space_returns(
     assert [p for p in listing(site.outbox) if not p.startswith(".")] == []  # nothing partial
     assert checksums(site.inbox) == sources
     filler.unlink()
-    daemon.wait_log("source moved to", 90)
+    daemon.wait_for(lambda: (site.done / "mosaic" / "v.mp4").exists(), 90, "v.mp4 done")
     assert listing(site.outbox) == ["mosaic/v.mosaic.mp4"]
     from nstd.media.container import count_frames
 
@@ -325,11 +234,12 @@ def test_a_read_only_outbox_makes_jobs_wait_until_it_is_writable(
                     " test_io_errors_while_publishing_... injects EROFS instead")
     write_test_image(site.inbox / "a.png", size=(24, 16), seed=1)
     sources = checksums(site.inbox)
-    daemon.wait_log("Read-only file system")
+    daemon.wait_for(lambda: any("Read-only file system" in (j["error"] or "")
+                                for j in site.jobs()), 60, "the read-only outbox noticed")
     assert listing(outbox) == [] and checksums(site.inbox) == sources
     _umount(outbox)
     bind_mounts.clear()
-    daemon.wait_log("source moved to", 30)
+    daemon.wait_for(lambda: (site.done / "a.png").exists(), 30, "a.png done")
     assert listing(outbox) == ["a.mosaic.png"] and checksums(site.done) == sources
     assert daemon.alive() and daemon.stop() == 0
 
@@ -339,7 +249,7 @@ def test_a_read_only_outbox_makes_jobs_wait_until_it_is_writable(
 
 @pytest.mark.parametrize("change", ["removed", "replaced"])
 def test_a_source_removed_or_replaced_after_it_was_queued(tmp_path: Path, change: str) -> None:
-    rig = Rig(tmp_path)
+    rig = SteppedSite(tmp_path)
     rig.start()
     path = rig.drop("a.png", seed=1)
     rig.step()
@@ -365,7 +275,7 @@ def test_a_source_removed_or_replaced_after_it_was_queued(tmp_path: Path, change
 
 def test_the_inbox_removed_and_recreated_is_watched_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rig = Rig(tmp_path)
+    rig = SteppedSite(tmp_path)
     rig.start()
     with caplog.at_level(logging.INFO, logger="nstd.daemon"):
         shutil.rmtree(rig.inbox)
@@ -391,7 +301,7 @@ def test_the_inbox_removed_and_recreated_e2e(tmp_path: Path, vgg_weights_path: P
     site.inbox.mkdir()
     daemon.wait_log("is back; watching it again", 10)
     write_test_image(site.inbox / "a.png", size=(24, 16))  # inotify again (no rescan for 600 s)
-    daemon.wait_log("source moved to", 30)
+    daemon.wait_for(lambda: (site.done / "a.png").exists(), 30, "a.png done")
     assert listing(site.outbox) == ["a.mosaic.png"]
     assert daemon.stop() == 0
 
@@ -399,7 +309,7 @@ def test_the_inbox_removed_and_recreated_e2e(tmp_path: Path, vgg_weights_path: P
 def test_the_ledger_deleted_while_stopped_is_rebuilt_from_the_folders(
         tmp_path: Path, caplog: pytest.LogCaptureFixture,
         capsys: pytest.CaptureFixture[str]) -> None:
-    rig = Rig(tmp_path)
+    rig = SteppedSite(tmp_path)
 
     def bad(request: JobRequest, _: dict[str, Any]) -> None:
         if request.source.name == "bad.png":
@@ -434,11 +344,7 @@ def test_the_ledger_deleted_while_stopped_is_rebuilt_from_the_folders(
     rig.settle()
     assert listing(rig.outbox) == ["c.mosaic-1.png", "c.mosaic.png", "good.mosaic.png"]
     # nstd retry finds the rebuilt failed job.
-    config = tmp_path / "config.yaml"
-    d = rig.config.daemon
-    config.write_text(json.dumps({"daemon": {k: getattr(d, k) for k in (
-        "inbox", "outbox", "work", "failed", "done", "styles", "state")}}))
-    assert main(["retry", "bad.png", "--config", str(config)]) == 0
+    assert main(["retry", "bad.png", "--config", str(rig.config_file())]) == 0
     assert "requeued 1 job" in capsys.readouterr().out
     rig.runner.action = None
     assert rig.step()
@@ -453,7 +359,7 @@ def test_cuda_out_of_memory_inside_the_engine_is_retried_with_a_smaller_budget(
     from nstd.daemon.engines import EngineCache
 
     model = parse_config({"model": {"weights": str(vgg_weights_path), "device": "cpu"}}).model
-    rig = Rig(tmp_path, engines=EngineCache.load(model), real=True,
+    rig = SteppedSite(tmp_path, engines=EngineCache.load(model), real=True,
               retry_backoff_seconds=1.0)
     rig.start()
     rig.drop("a.png", size=(48, 32))
@@ -477,7 +383,7 @@ def test_a_raw_cuda_oom_outside_the_engine_is_retried_with_a_smaller_budget(
         tmp_path: Path) -> None:
     import torch
 
-    rig = Rig(tmp_path)
+    rig = SteppedSite(tmp_path)
 
     def oom_once(request: JobRequest, _: dict[str, Any]) -> None:
         if len(rig.runner.requests) == 1:

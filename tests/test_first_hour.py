@@ -148,19 +148,10 @@ class FatalBackend:
 @pytest.mark.parametrize(("transient", "code"), [(True, 1), (False, 2)])
 def test_the_supervisor_exit_code_follows_the_workers_fatal_error(
         tmp_path: Path, transient: bool, code: int) -> None:
-    from nstd.daemon.ledger import Ledger, ledger_path
-    from nstd.daemon.notify import SystemdNotifier
-    from nstd.daemon.pool import WorkerPlan
-    from nstd.daemon.startup import startup_checks
-    from nstd.daemon.supervisor import Supervisor
+    from nstd.testing.stepped import SteppedSite
 
-    config = load_config(write_config(tmp_path))
-    startup_checks(config)
-    with Ledger.open(ledger_path(config.daemon.state)) as ledger:
-        daemon = Supervisor(config, ledger, SystemdNotifier(None),
-                            backend=FatalBackend(transient), plans=[WorkerPlan(None, 1)],
-                            watch=False)
-        assert daemon.run() == code
+    rig = SteppedSite(tmp_path, backend=FatalBackend(transient))
+    assert rig.daemon.run() == code
 
 
 def test_the_unit_restarts_transient_failures_for_as_long_as_they_last() -> None:
@@ -423,7 +414,7 @@ def test_status_json_gives_the_busy_workers_device(tmp_path: Path) -> None:
 
     rig = SteppedSite(tmp_path)
     seen: list[dict] = []
-    rig.action = lambda request, kwargs: seen.append(snapshot(rig.daemon)["workers"][0])
+    rig.runner.action = lambda request, kwargs: seen.append(snapshot(rig.daemon)["workers"][0])
     rig.start()
     rig.queue_files("a.png")
     rig.step()

@@ -77,7 +77,7 @@ def test_the_daemon_reports_done_failed_and_queue_empty_and_a_bad_hook_fails_no_
         if request.source.name == "torn.png":
             raise InputError("torn.png is truncated or corrupt")
 
-    site.action = fail
+    site.runner.action = fail
     site.clock.t = 1_000.0
     site.start()
     site.queue_files("good.png", "bad.png", "torn.png")
@@ -85,7 +85,7 @@ def test_the_daemon_reports_done_failed_and_queue_empty_and_a_bad_hook_fails_no_
         pass
     # A file read as truncated stays in the inbox for 3 settle times (a copy that paused?):
     # it is announced when it goes to failed/.
-    site.step(3 * site.settle + 0.1)
+    site.step(3 * site.settle_seconds + 0.1)
     assert site.daemon.hooks.close(10)
     done, bad, empty, torn = lines(out)
     assert done[:2] == ["done", "good.png"] and done[2].endswith("good.mosaic.png")

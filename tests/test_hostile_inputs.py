@@ -226,34 +226,21 @@ def test_every_hostile_input_ends_in_a_defined_state(
 
 def test_a_file_that_keeps_growing_is_never_taken_and_is_logged(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from nstd.config import parse_config
-    from nstd.daemon.ledger import Ledger, ledger_path
-    from nstd.daemon.startup import check_folders
-    from nstd.daemon.supervisor import Daemon
+    from nstd.testing.stepped import SteppedSite
 
-    (tmp_path / "styles").mkdir()
-    write_test_image(tmp_path / "styles" / "mosaic.png", size=(16, 16))
-    config = parse_config({"daemon": {"settle_seconds": 5.0}}, base_dir=tmp_path)
-    check_folders(config)
-    clock = [1000.0]
-    ledger = Ledger.open(ledger_path(config.daemon.state))
-    from nstd.daemon.pool import WorkerPlan
-    from nstd.daemon.worker import InlineBackend
-
-    daemon = Daemon(config, ledger, backend=InlineBackend(object(), lambda *a, **k: None),
-                    plans=[WorkerPlan(None, 1)], clock=lambda: clock[0],
-                    monotonic=lambda: clock[0], watch=False)
-    daemon.start(clock[0])
-    path = Path(config.daemon.inbox) / "grow.mp4"
+    rig = SteppedSite(tmp_path, clock=1000.0, settle_seconds=5.0)
+    rig.start()
+    path = rig.inbox / "grow.mp4"
     with caplog.at_level(logging.INFO, logger="nstd"), open(path, "wb") as handle:
         for _ in range(700):  # 700 s of a file growing every 4 s (< settle_seconds)
-            clock[0] += 1.0
-            if int(clock[0]) % 4 == 0:
+            rig.clock.t += 1.0
+            if int(rig.clock.t) % 4 == 0:
                 handle.write(b"x" * 100)
                 handle.flush()
-                daemon.handler.dispatch(FileModifiedEvent(str(path)))
-            daemon.step(clock[0])
-    assert ledger.counts()["queued"] == 0 and ledger.find("grow.mp4") is None
+                rig.daemon.handler.dispatch(FileModifiedEvent(str(path)))
+            rig.step()
+    assert rig.ledger.counts()["queued"] == 0 and rig.job("grow.mp4") is None
+    assert rig.ran == []
     assert "grow.mp4 is still changing after 600 s; waiting until it stops" in caplog.text
     assert caplog.text.count("still changing") == 1  # once, not every step
     assert path.exists()

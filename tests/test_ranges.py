@@ -166,7 +166,7 @@ def test_a_split_pan_joined_by_the_contrast_preserving_fade_meets_the_seam_bar(
     style = write_test_image(tmp_path / "style.png", size=(32, 32), seed=5)
     config = parse_config({"model": {"weights": str(vgg_weights_path), "device": "cpu"},
                            "style": {"max_side": max(SIZE), "iterations": 20},
-                           "video": {"max_segment_frames": 16, "segment_overlap": 8}})
+                           "cluster": {"max_unit_frames": 16, "unit_overlap": 8}})
     stylizer = EngineCache.load(config.model).stylizer(config)
     request = JobRequest(source=clip, output=tmp_path / "unsplit.mp4", styles=(style,),
                          blend=(1.0,), config=config, work_dir=tmp_path / "w0")

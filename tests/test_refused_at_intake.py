@@ -37,9 +37,9 @@ def test_a_text_file_named_jpg_is_refused_at_intake_under_the_users_name(
     caplog.set_level(logging.INFO)
     drop_bytes(rig, "holiday.jpg", b"Dear all, the photos follow tomorrow.\n")
     rig.step()
-    rig.step(rig.settle + 0.01)
+    rig.settle()
     for _ in range(2 * INPUT_HOLD_SETTLES):  # held a while in case a copy paused, then moved
-        rig.step(rig.settle)
+        rig.step(rig.settle_seconds)
     assert rig.ran == []  # never reached a worker
     (job,) = rig.ledger.recent(5)
     reason = "inbox/holiday.jpg is not a JPEG image: its first bytes are text"
@@ -58,7 +58,7 @@ def test_a_png_named_mp4_is_refused_saying_what_it_is(tmp_path: Path) -> None:
     png = write_test_image(tmp_path / "still.png", size=(8, 8))
     drop_bytes(rig, "clip.mp4", png.read_bytes())
     rig.step()
-    rig.step(rig.settle + 0.01)
+    rig.settle()
     assert rig.ran == []
     (job,) = rig.ledger.recent(5)
     assert job.error == "inbox/clip.mp4 is not an MP4 video: its first bytes are a PNG image"
@@ -71,7 +71,7 @@ def test_a_png_named_jpg_is_still_an_image_and_is_stylized(tmp_path: Path) -> No
     png = write_test_image(tmp_path / "photo.png", size=(8, 8))
     drop_bytes(rig, "photo.jpg", png.read_bytes())
     rig.step()
-    rig.step(rig.settle + 0.01)
+    rig.settle()
     rig.step()
     assert rig.ran == ["photo.jpg"]
 
@@ -81,16 +81,16 @@ def test_a_file_the_worker_cannot_read_is_named_as_the_user_knows_it(
     """A truncated PNG passes the door (its first bytes are a PNG's) and fails in the worker,
     which reads the job's linked copy in the work folder: the reason names inbox/..."""
     rig = SteppedSite(tmp_path)
-    rig.action = lambda request, kwargs: read_image(request.source, 10**6)
+    rig.runner.action = lambda request, kwargs: read_image(request.source, 10**6)
     rig.start()
     caplog.set_level(logging.INFO)
     whole = write_test_image(tmp_path / "whole.png", size=(64, 48)).read_bytes()
     drop_bytes(rig, "cut.png", whole[: len(whole) // 2])
     rig.step()
-    rig.step(rig.settle + 0.01)
+    rig.settle()
     rig.step()
     for _ in range(2 * INPUT_HOLD_SETTLES):
-        rig.step(rig.settle)
+        rig.step(rig.settle_seconds)
     assert rig.ran == ["cut.png"]
     (job,) = rig.ledger.recent(5)
     assert job.state == "failed" and job.error.startswith("inbox/cut.png "), job.error

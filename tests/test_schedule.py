@@ -1,5 +1,6 @@
 """Overnight habits: the work window (daemon.active_hours), `nstd pause` / `nstd resume`, and
-the queue order after a stop (nstd.daemon.schedule, nstd.daemon.ledger.claim).
+the daemon's queue order after a stop (nstd.daemon.schedule; the ledger's own claim order is
+in test_ledger.py).
 
 Stepped supervisors on a fake clock (nstd.testing.stepped), one real daemon for a video
 parked between frames by `nstd pause` and resumed from its stored frames.
@@ -20,10 +21,7 @@ import pytest
 
 from nstd.cli.main import main
 from nstd.config import parse_config
-from nstd.daemon.ledger import Ledger
-from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.schedule import is_paused
-from nstd.daemon.supervisor import Supervisor
 from nstd.errors import ConfigError
 from nstd.hours import parse_window
 from nstd.testing.stepped import SteppedSite, local_time
@@ -70,7 +68,8 @@ def test_bad_active_hours_are_refused_at_parse_naming_the_key(value: str, says: 
 
 def test_outside_the_window_files_queue_but_nothing_starts_until_it_opens(
         tmp_path: Path) -> None:
-    site = SteppedSite(tmp_path, active_hours=NIGHT)
+    # No rescan due before the window opens: the idle wait is the window's alone.
+    site = SteppedSite(tmp_path, active_hours=NIGHT, rescan_seconds=600.0)
     site.clock.t = local_time(2026, 1, 1, 21, 58)
     site.start()
     site.queue_files("a.png")
@@ -144,7 +143,6 @@ class HeldWorker:
 
 def test_a_pause_parks_the_running_job_which_comes_back_first_without_penalty(
         tmp_path: Path) -> None:
-    site = SteppedSite(tmp_path, active_hours=NIGHT)
     workers: list[HeldWorker] = []
 
     class Backend:
@@ -152,9 +150,7 @@ def test_a_pause_parks_the_running_job_which_comes_back_first_without_penalty(
             workers.append(HeldWorker(deliver))
             return workers[-1]
 
-    site.daemon = Supervisor(site.config, site.ledger, backend=Backend(),
-                             plans=[WorkerPlan(None, 1)], clock=site.clock,
-                             monotonic=site.clock, watch=False)
+    site = SteppedSite(tmp_path, backend=Backend(), active_hours=NIGHT)
     site.clock.t = local_time(2026, 1, 1, 6, 58)
     site.start()
     site.queue_files("a.png", "b.png")
@@ -207,50 +203,6 @@ _PIPES: list[Any] = []
 # --------------------------------------------------------------------------- queue order
 
 
-def test_a_stopped_job_is_claimed_first_after_the_restart(tmp_path: Path) -> None:
-    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
-    early = ledger.enqueue("early.png", "k1", "mosaic", {}, now=10.0)
-    ledger.claim(now=11.0, lease_seconds=60)
-    ledger.fail(early.id, "disk full", now=12.0, permanent=False, max_attempts=3,
-                backoff_seconds=30.0)  # retry due at 42
-    video = ledger.enqueue("long.mp4", "k2", "mosaic", {}, now=20.0)
-    assert ledger.claim(now=21.0, lease_seconds=60).id == video.id
-    later = ledger.enqueue("later.png", "k3", "mosaic", {}, now=30.0)
-    ledger.release(video.id, now=50.0)  # SIGTERM: the video goes back, no attempt counted
-    ledger.close()
-    restarted = Ledger.open(tmp_path / "jobs.sqlite3")
-    assert [j.source for j in restarted.active()] == ["long.mp4", "later.png", "early.png"]
-    order = [restarted.claim(now=100.0, lease_seconds=60) for _ in range(3)]
-    assert [j.id for j in order] == [video.id, later.id, early.id]
-    assert order[0].attempts == 1  # its first attempt, counted once
-
-
-def test_a_job_interrupted_by_a_crash_is_claimed_first_too(tmp_path: Path) -> None:
-    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
-    older = ledger.enqueue("older.png", "k1", "mosaic", {}, now=1.0)
-    ledger.claim(now=2.0, lease_seconds=60)
-    ledger.fail(older.id, "disk full", now=3.0, permanent=False, max_attempts=3,
-                backoff_seconds=5.0)  # due again at 8
-    ledger.enqueue("crashed.png", "k2", "mosaic", {}, now=4.0)
-    crashed = ledger.claim(now=5.0, lease_seconds=60)  # then kill -9
-    ledger.recover(now=100.0)
-    assert ledger.claim(now=100.0, lease_seconds=60).id == crashed.id
-    assert ledger.claim(now=100.0, lease_seconds=60).id == older.id
-
-
-def test_nstd_retry_queues_behind_a_stopped_job_and_before_new_files(tmp_path: Path) -> None:
-    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
-    bad = ledger.enqueue("bad.png", "k1", "mosaic", {}, now=1.0)
-    ledger.claim(now=2.0, lease_seconds=60)
-    ledger.fail(bad.id, "corrupt", now=3.0, permanent=True, max_attempts=3, backoff_seconds=1)
-    ledger.enqueue("video.mp4", "k2", "mosaic", {}, now=4.0)
-    stopped = ledger.claim(now=5.0, lease_seconds=60)
-    ledger.release(stopped.id, now=6.0)
-    assert ledger.retry("bad.png") == 1
-    ledger.enqueue("new.png", "k3", "mosaic", {}, now=8.0)
-    assert [j.source for j in ledger.active()] == ["video.mp4", "bad.png", "new.png"]
-
-
 def test_after_a_sigterm_restart_the_stopped_job_runs_before_an_older_retry(
         tmp_path: Path) -> None:
     from nstd.errors import Interrupted, TransientError
@@ -265,7 +217,7 @@ def test_after_a_sigterm_restart_the_stopped_job_runs_before_an_older_retry(
             assert kwargs["should_stop"]()
             raise Interrupted("stopped before frame 3 of 9")
 
-    site.action = act
+    site.runner.action = act
     site.start()
     site.queue_files("early.png", "long.png")
     site.step()
@@ -273,7 +225,7 @@ def test_after_a_sigterm_restart_the_stopped_job_runs_before_an_older_retry(
     site.daemon.stop()
     site.daemon = site.new_daemon()  # the restart, after early.png's backoff ended
     site.clock.t += 60
-    site.action = None
+    site.runner.action = None
     site.start()
     site.step()
     assert site.ran[2:] == ["long.png"]  # not early.png, although older and due
@@ -289,7 +241,7 @@ def test_nstd_pause_parks_a_running_video_between_frames_and_resume_continues_it
     import shutil
 
     from nstd.testing.media import write_test_clip
-    from nstd.testing.site import Site, kill_all
+    from nstd.testing.site import Site, kill_all, listing
 
     site = Site.create(tmp_path, vgg_weights_path)
     try:
@@ -303,7 +255,8 @@ def test_nstd_pause_parks_a_running_video_between_frames_and_resume_continues_it
                         "a stored frame")
         started = time.monotonic()
         assert main(["pause", "--config", str(site.config_path)]) == 0
-        daemon.wait_log("stopped v.mp4: back in the queue", 30)
+        daemon.wait_for(lambda: [j["state"] for j in site.jobs()] == ["queued"], 30,
+                        "v.mp4 back in the queue")
         parked_after = time.monotonic() - started
         (job,) = site.jobs()
         assert job["state"] == "queued" and job["attempts"] == 0
@@ -311,7 +264,7 @@ def test_nstd_pause_parks_a_running_video_between_frames_and_resume_continues_it
         assert 1 <= stored < FRAMES  # kept, not finished
         assert main(["resume", "--config", str(site.config_path)]) == 0
         daemon.wait_log("resuming,", 30)
-        daemon.wait_log("source moved to", 60)
+        daemon.wait_for(lambda: listing(site.done) == ["v.mp4"], 60, "v.mp4 done")
         assert "paused (nstd pause)" in daemon.log() and "working again" in daemon.log()
         (job,) = site.jobs()
         assert job["state"] == "done" and job["attempts"] == 1

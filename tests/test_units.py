@@ -111,7 +111,7 @@ def test_the_seam_pass_hides_a_split_and_keeps_the_frame_loss(tmp_path, vgg_weig
     style = write_test_image(tmp_path / "style.png", size=(32, 32), seed=5)
     config = parse_config({"model": {"weights": str(vgg_weights_path), "device": "cpu"},
                            "style": {"max_side": 48, "iterations": 60},
-                           "video": {"max_segment_frames": 16, "segment_overlap": 12}})
+                           "cluster": {"max_unit_frames": 16, "unit_overlap": 12}})
     engines = EngineCache.load(config.model)
     stylizer = engines.stylizer(config)
     request = JobRequest(source=clip, output=tmp_path / "unsplit.mp4", styles=(style,),

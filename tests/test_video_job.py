@@ -216,6 +216,30 @@ def test_the_daemon_replaces_stale_frames_and_resumes_matching_ones(
     assert report.extra["frames_computed"] == 6 and not report.extra.get("frames_resumed")
 
 
+def test_a_change_of_the_cluster_keys_keeps_the_stored_frames(
+        tmp_path: Path, style_image: Path, vgg_weights_path: Path) -> None:
+    source = write_test_clip(tmp_path / "clip.mp4", frames=6, size=(48, 32))
+    config = tiny_config(vgg_weights_path)
+    stylizer = build_stylizer(config.model, config.style)
+    request = JobRequest(source=source, output=tmp_path / "out.mp4", styles=(style_image,),
+                         blend=(1.0,), config=config)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Interrupted):
+        run_job(request, stylizer, should_stop=stop)
+    stored = len(list((default_work_dir(request.output) / "frames").glob("*.json")))
+    assert stored > 0
+    moved = dataclasses.replace(config, cluster=dataclasses.replace(
+        config.cluster, backend="ray", max_unit_frames=2, unit_overlap=1, wire_format="png8"))
+    report = run_job(dataclasses.replace(request, config=moved), stylizer)
+    assert report.extra["frames_resumed"] == stored
+    assert report.extra["frames_computed"] == 6 - stored
+
+
 def test_warped_start_is_more_stable_than_independent_frames(tmp_path: Path, style_image: Path,
                                                             vgg_weights_path: Path) -> None:
     # A budget that really stylizes (8 cold iterations barely leave the content frame, and

@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Ledger.open(ledger_path(config.daemon.state)) as ledger:
             backend = None
-            if config.daemon.cluster == "ray":  # ray is imported only when asked for
+            if config.cluster.backend == "ray":  # ray is imported only when asked for
                 from nstd.cluster.backend import RayBackend
 
                 backend = RayBackend(config)
@@ -243,7 +243,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         data = status_data(ledger, config.daemon.state, now, inbox=config.daemon.inbox)
     data["settle_seconds"] = config.daemon.settle_seconds
     data["schedule"] = WorkGate(config.daemon.active_hours, config.daemon.state).state(now)
-    from nstd.cluster.status import format_actors, read_actors  # daemon.cluster: ray
+    from nstd.cluster.status import format_actors, read_actors  # cluster.backend: ray
 
     actors = read_actors(config.daemon.state, now) if data["daemon"]["running"] else None
     if actors is not None:

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", parents=[common],
                        help="validate the configuration and make `nstd run`'s start-up checks")
     p.add_argument("--weights", metavar="PATH", help="local VGG-19 state dict (model.weights)")
+    p.add_argument("--print-defaults", action="store_true",
+                   help="print every key with its default and description (config.yaml) "
+                        "instead of checking")
     p.set_defaults(handler=cmd_check_config)
 
     p = sub.add_parser("weights", parents=[common], help="show or fetch the VGG-19 weights")
@@ -167,6 +170,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from nstd.daemon.startup import startup_checks, weights_note
 
+    if args.print_defaults:  # the shipped config.yaml is this text
+        from nstd.config_yaml import default_config_text
+
+        sys.stdout.write(default_config_text())
+        return EXIT_OK
     config = config_from_args(args)
     where = args.config or ("config.yaml" if Path("config.yaml").is_file() else "defaults")
     # what `nstd run` refuses, refused here too

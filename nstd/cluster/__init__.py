@@ -1,4 +1,4 @@
-"""Scale-out on Ray (``daemon.cluster: ray``): one actor per GPU, a video cut into units.
+"""Scale-out on Ray (``cluster.backend: ray``): one actor per GPU, a video cut into units.
 
     schedule.py the order a job's units are queued in (packed onto the actors)
     wire.py     what crosses the network, as plain data: units, frames, encoded images

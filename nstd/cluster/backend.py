@@ -1,4 +1,4 @@
-"""``daemon.cluster: ray``: the supervisor's workers are places on a shared actor pool.
+"""``cluster.backend: ray``: the supervisor's workers are places on a shared actor pool.
 
 The supervisor (`nstd.daemon.supervisor`) hands jobs to ``spawn``-ed handles and reads their
 events; here a handle (`ClusterWorker`) runs its job with `nstd.cluster.driver` in a thread of
@@ -6,7 +6,7 @@ the supervisor's process, on the actors of one `ActorPool`. There are as many ha
 actors, so a queue of images keeps every actor busy, and one video alone is cut into units
 that spread over all of them.
 
-Ray: ``daemon.ray_address`` null starts (or joins) a Ray instance on this machine; ``auto`` or
+Ray: ``cluster.ray_address`` null starts (or joins) a Ray instance on this machine; ``auto`` or
 ``ray://host:10001`` joins an existing cluster. One actor per GPU of the cluster
 (``num_gpus=1``), or ``daemon.workers`` of them; on a cluster without GPUs, CPU actors of
 ``num_cpus`` = the cores shared out.
@@ -45,7 +45,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError(["daemon.cluster: ray needs the ray package; "
+        raise ConfigError(["cluster.backend: ray needs the ray package; "
                            "install it with pip install 'nstd[ray]'"]) from None
     if not ray.is_initialized():
         # Ray starts its workers at nice 15 (favouring its own daemons); then any other
@@ -60,18 +60,18 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> Any:
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError([f"daemon.ray_address: cannot join Ray at {address or 'this'} "
+            raise ConfigError([f"cluster.ray_address: cannot join Ray at {address or 'this'} "
                                f"machine ({exc})"]) from None
     return ray
 
 
 class RayBackend:
-    """The supervisor's ``backend`` for ``daemon.cluster: ray``."""
+    """The supervisor's ``backend`` for ``cluster.backend: ray``."""
 
     def __init__(self, config: Config, environ: Mapping[str, str] = os.environ) -> None:
         self.config = config
         self.simulate = float(environ.get(SIMULATE_ENV) or 0.0)
-        self.ray = start_ray(config.daemon.ray_address)
+        self.ray = start_ray(config.cluster.ray_address)
         resources = self.ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0)) if config.model.device != "cpu" else 0
         cpus = max(1, int(resources.get("CPU", 1)))

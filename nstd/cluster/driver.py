@@ -5,7 +5,7 @@ the work step of the one job lifecycle (`nstd.daemon.lifecycle`), which checks a
     video:  `nstd.temporal.videojob.open_video_job` as a local run does (probe -> plan: one
             decode pass here, frame count, cuts, every frame's pts; kept in the frame store)
             -> units (`nstd.temporal.plan.plan_units`: shots, long shots
-            split at video.max_segment_frames with video.segment_overlap frames of warm-up),
+            split at cluster.max_unit_frames with cluster.unit_overlap frames of warm-up),
             queued in the order `nstd.cluster.schedule` plans for the pool's actors -> every
             frame that comes back is stored at once (the resume points stay on this disk)
             -> each seam pass as soon as both units beside it are done (the overlap remade
@@ -156,7 +156,7 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, reporter: Reporter,
                         (1.0,) * len(spec.styles), tuple(Path(m) for m in spec.masks))
     job = open_video_job(what, config, Path(spec.work_dir), restart=spec.restart,
                          replace_stale=True, plan_progress=reporter.plan)
-    units = job.units(config.video.max_segment_frames, config.video.segment_overlap)
+    units = job.units(config.cluster)
     reporter.start_frames(job.frames, job.store.stored_count())  # "frame n/N": units queued
     flow = _Flow(job.store, job.plan, units)
     waiter = _Waiter(len(units) + len(flow.seams))

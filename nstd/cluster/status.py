@@ -11,7 +11,7 @@ STALE_SECONDS = 10.0  # older than this: the daemon is gone, the figures mean no
 
 
 def read_actors(state: str | Path, now: float) -> list[dict[str, Any]] | None:
-    """The actors of a running ``daemon.cluster: ray`` daemon, None when there is none."""
+    """The actors of a running ``cluster.backend: ray`` daemon, None when there is none."""
     try:
         data = json.loads((Path(state) / CLUSTER_STATUS).read_text())
     except (OSError, ValueError):

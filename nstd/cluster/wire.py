@@ -7,7 +7,7 @@ after its actor died, up to `HISTORY_FRAMES` stored frames as 16-bit PNG (the fl
 a seam pass gets the two units' frames of its overlap (2 PNGs per overlap frame).
 Per frame, actor -> supervisor: a `FrameOut`: the stylized frame as a 16-bit RGB PNG (the frame
 store's own format, written to disk as it arrives, so nothing is re-encoded) or, with
-``daemon.wire_format: png8``, an 8-bit one (what the encoder keeps), and its losses.
+``cluster.wire_format: png8``, an 8-bit one (what the encoder keeps), and its losses.
 """
 
 from __future__ import annotations
@@ -63,6 +63,6 @@ class FrameOut:
     """One stylized frame back from an actor (or, for an image job, the encoded file)."""
 
     index: int
-    png: bytes  # video: 16-bit (or 8-bit: daemon.wire_format) RGB PNG; image: the output file
+    png: bytes  # video: 16-bit (or 8-bit: cluster.wire_format) RGB PNG; image: the output file
     record: dict[str, Any]  # the frame's losses and mode (image: the job report's fields)
     overlap: bool = False

@@ -13,10 +13,10 @@ Everything here treats the inbox as hostile:
 - a sidecar is read without following symlinks or blocking (a FIFO), at most `SIDECAR_MAX_BYTES`,
   with `yaml.safe_load`, and refused when its YAML aliases expand beyond `SIDECAR_MAX_NODES`;
 - a sidecar may not change where the daemon reads or writes, nor raise the decoder limits:
-  the `daemon` and `limits` sections, `model.weights`, `model.device`, the memory budget
-  (`model.max_memory_gb`, `model.auto_memory_share`) and `style.init_image` are refused (they
-  would let anyone who can write to the inbox read files elsewhere, get past the size checks
-  or take the machine's memory).
+  the `daemon`, `cluster` and `limits` sections, `model.weights`, `model.device`, the memory
+  budget (`model.max_memory_gb`, `model.auto_memory_share`) and `style.init_image` are refused
+  (they would let anyone who can write to the inbox read files elsewhere, get past the size
+  checks or take the machine's memory; where jobs run is the daemon's choice, not a job's).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SIDECAR_MAX_NODES = 10_000
 STYLE_KEY = "style_name"
 
 # Sidecar keys a job may not set (section, or (section, key)); see the module docstring.
-_FORBIDDEN_SECTIONS = ("daemon", "limits")
+_FORBIDDEN_SECTIONS = ("daemon", "cluster", "limits")
 _FORBIDDEN_KEYS = (("model", "weights"), ("model", "device"), ("model", "max_memory_gb"),
                    ("model", "auto_memory_share"), ("style", "init_image"))
 

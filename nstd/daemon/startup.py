@@ -30,9 +30,9 @@ def startup_checks(config: Config, source: str | None = None) -> None:
     """
     check_folders(config, source=source)
     hook_problems = check_hooks(config)  # on_event found, Apprise installed (hooks.py)
-    if config.daemon.cluster == "ray" and importlib.util.find_spec("ray") is None:
-        hook_problems.append("daemon.cluster: ray needs the ray package; install it with "
-                             "pip install 'nstd[ray]' (or set daemon.cluster: local)")
+    if config.cluster.backend == "ray" and importlib.util.find_spec("ray") is None:
+        hook_problems.append("cluster.backend: ray needs the ray package; install it with "
+                             "pip install 'nstd[ray]' (or set cluster.backend: local)")
     if hook_problems:
         raise ConfigError(hook_problems, source=source)
     weights = config.model.weights

@@ -6,6 +6,7 @@
     plan_units    the one cut of a video into units of work: shots, long shots split with an
                   overlap (`nstd.cluster`), longest first; a local run is the case without
                   splits (`cold_frames`: where its shots start)
+    unit_cut      the unit length and overlap to cut with: those recorded at first planning
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nstd.config import Config, to_mapping
+from nstd.config import ClusterConfig, Config, to_mapping
 from nstd.media import container as video
 from nstd.media import files as fsutil
 from nstd.temporal.flow import is_scene_cut, thumbnail
@@ -42,7 +43,8 @@ def fingerprint(source: Path, styles: Sequence[Path], blend: Sequence[float], co
                 masks: Sequence[Path] = ()) -> dict[str, Any]:
     """Everything the stored frames depend on; any change forbids mixing old frames in.
     `masks`: the style masks' files, if any (a job without masks keeps the fingerprint it
-    had before masks existed, so its stored frames stay valid)."""
+    had before masks existed, so its stored frames stay valid). The `cluster` section is left
+    out: where frames are made does not change them, and a Ray job's cut is in its plan."""
     mapping = to_mapping(config)
     stat = source.stat()
     extra = {"masks": [fsutil.sha256_file(p) for p in masks]} if masks else {}
@@ -65,7 +67,8 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config,
     """One decode pass: the exact frame count (truncation is caught here, before any
     stylization), the scene cuts, and each frame's pts (a unit of work
     seeks to its first frame by it; the encoder stamps frames by it). ``progress`` gets the
-    frames decoded so far, per frame (an hour of video plans for minutes)."""
+    frames decoded so far, per frame (an hour of video plans for minutes). The unit cut of
+    the configuration is recorded with it (`unit_cut`)."""
     cuts: list[int] = []
     pts: list[int] = []
     previous = None
@@ -81,7 +84,9 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config,
         if progress is not None:
             progress(count)
     log.info("%s: %s, %s", source.name, plural(count, "frame"), plural(len(cuts), "scene cut"))
-    return {"frames": count, "cuts": cuts, "pts": pts}
+    return {"frames": count, "cuts": cuts, "pts": pts,
+            "unit_cut": {"max_unit_frames": config.cluster.max_unit_frames,
+                         "unit_overlap": config.cluster.unit_overlap}}
 
 
 @dataclass(frozen=True)
@@ -141,3 +146,12 @@ def cold_frames(plan: dict[str, Any]) -> set[int]:
     """The frames that start cold in a run without splits (a local worker, the CLI): the
     first frame of every shot, i.e. of every unit of ``plan_units(plan, 0, 0)``."""
     return {unit.first for unit in plan_units(plan, 0, 0)}
+
+
+def unit_cut(plan: dict[str, Any], cluster: ClusterConfig) -> tuple[int, int]:
+    """(max_unit_frames, unit_overlap) to cut ``plan`` with: the values recorded when it was
+    planned, so a resumed job keeps the units its stored frames belong to whatever
+    ``cluster:`` says now; the configured ones for a plan stored before they were recorded."""
+    recorded = plan.get("unit_cut") or {}
+    return (int(recorded.get("max_unit_frames", cluster.max_unit_frames)),
+            int(recorded.get("unit_overlap", cluster.unit_overlap)))

@@ -1,6 +1,6 @@
 """Hiding the seam where a long shot was split between two workers (numpy only).
 
-Unit B of a split shot starts ``video.segment_overlap`` frames before its own first frame,
+Unit B of a split shot starts ``cluster.unit_overlap`` frames before its own first frame,
 cold, and runs warm through those overlap frames, so by its first frame it has settled into a
 temporally stable texture — but not the texture unit A reached there: two runs of the
 optimization from different starts end in different local minima. Cutting from A to B at
@@ -19,7 +19,7 @@ mixtures, so their loss is a normal frame's (bench/seam.py, full-width net at 96
 pan, overlap 12: the worst seam pair 1.48x the median pair, 1.62x with overlap 8; loss 0.91x
 unsplit, against 1.71x for the cross-fade alone). Going from A's texture to B's raises each
 pair of the overlap to ~1.3-1.4x the median: a longer overlap spreads it thinner, hence
-video.segment_overlap's default of 12. It costs ``overlap`` warm frames per seam, each run as
+cluster.unit_overlap's default of 12. It costs ``overlap`` warm frames per seam, each run as
 soon as both units beside it are done (`nstd.cluster.driver`).
 
 The fallback, `crossfade`: the two overlaps blended, A's weight falling and B's rising — used

@@ -25,6 +25,10 @@ from nstd.errors import StaleFramesError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# Keys that fingerprints once held although no frame depends on them (the unit cut, now in
+# the config's cluster: section): dropped when a stored fingerprint is read, so frames stored
+# before the move are still resumed.
+_NOT_FRAME_KEYS = ("max_segment_frames", "segment_overlap")
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class FrameStore:
                 manifest = json.loads(manifest_path.read_text())
             except (OSError, ValueError):
                 manifest = None  # unreadable: nothing in it can be trusted
-            stored = (manifest or {}).get("fingerprint")
+            stored = _current((manifest or {}).get("fingerprint"))
             if manifest is not None and stored == fingerprint and not restart:
                 return cls(root, manifest)
             if manifest is not None and stored != fingerprint:
@@ -83,7 +87,7 @@ class FrameStore:
             manifest = json.loads((root / MANIFEST).read_text())
         except (OSError, ValueError):
             return None
-        stored = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+        stored = _current(manifest.get("fingerprint") if isinstance(manifest, dict) else None)
         return stored if isinstance(stored, dict) else None
 
     def _write_manifest(self) -> None:
@@ -93,7 +97,7 @@ class FrameStore:
 
     @property
     def plan(self) -> dict[str, Any] | None:
-        """The video plan stored by the first run (frame count, segments), or None."""
+        """The video plan stored by the first run (frame count, cuts, pts, unit cut), or None."""
         return self.manifest.get("plan")
 
     def save_plan(self, plan: dict[str, Any]) -> None:
@@ -133,7 +137,7 @@ class FrameStore:
     # they came, nothing decoded or re-encoded on the supervisor.
 
     def save_bytes(self, index: int, png: bytes, record: dict[str, Any]) -> None:
-        """Store frame `index` given as 16-bit (or 8-bit: daemon.wire_format) RGB PNG bytes,
+        """Store frame `index` given as 16-bit (or 8-bit: cluster.wire_format) RGB PNG bytes,
         and its losses `record`."""
         _write_atomic(self._frame_path(index), png)
         _write_atomic(self._frame_path(index, ".json"), json.dumps(record).encode())
@@ -176,9 +180,9 @@ class FrameStore:
 
 def encode_png(rgb: np.ndarray, bits: int = 16) -> bytes:
     """(H, W, 3) float32 RGB in [0, 1] -> RGB PNG bytes, 16 bits per channel (the store's
-    format: lossless at the optimizer's precision) or 8 (``wire_format: png8``: the precision
-    the H.264 encoder keeps). The one frame codec of the project: the store, the Ray actors
-    and the wire all use it."""
+    format: lossless at the optimizer's precision) or 8 (``cluster.wire_format: png8``: the
+    precision the H.264 encoder keeps). The one frame codec of the project: the store, the
+    Ray actors and the wire all use it."""
     top = 65535.0 if bits == 16 else 255.0
     pixels = np.round(np.clip(rgb, 0.0, 1.0) * top).astype(np.uint16 if bits == 16
                                                               else np.uint8)
@@ -192,7 +196,7 @@ def encode_png(rgb: np.ndarray, bits: int = 16) -> bytes:
 def decode_png(data: bytes | np.ndarray, what: str = "a frame") -> np.ndarray:
     """16- or 8-bit RGB PNG bytes -> (H, W, 3) float32 RGB in [0, 1]; OSError naming
     ``what`` when the bytes are not such a PNG. 8-bit: a frame an actor sent with
-    ``wire_format: png8`` (stored as it came)."""
+    ``cluster.wire_format: png8`` (stored as it came)."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.dtype not in (np.uint16, np.uint8) or pixels.ndim != 3:
         raise OSError(f"{what} is not an RGB PNG (damaged)")
@@ -202,6 +206,16 @@ def decode_png(data: bytes | np.ndarray, what: str = "a frame") -> np.ndarray:
 
 def _read_png(path: Path) -> np.ndarray:
     return decode_png(np.fromfile(path, dtype=np.uint8), f"stored frame {path}")
+
+
+def _current(fingerprint: Any) -> Any:
+    """A stored fingerprint without the keys of `_NOT_FRAME_KEYS` (anything else as it is)."""
+    frames_from = fingerprint.get("frames_from") if isinstance(fingerprint, dict) else None
+    video = frames_from.get("video") if isinstance(frames_from, dict) else None
+    if not isinstance(video, dict) or not any(k in video for k in _NOT_FRAME_KEYS):
+        return fingerprint
+    video = {k: v for k, v in video.items() if k not in _NOT_FRAME_KEYS}
+    return {**fingerprint, "frames_from": {**frames_from, "video": video}}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

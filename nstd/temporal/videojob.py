@@ -19,11 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nstd.config import Config
+from nstd.config import ClusterConfig, Config
 from nstd.errors import InputError
 from nstd.media import container as video
 from nstd.media import files as fsutil
-from nstd.temporal.plan import cold_frames, fingerprint, output_size, plan_units, plan_video
+from nstd.temporal.plan import (
+    cold_frames,
+    fingerprint,
+    output_size,
+    plan_units,
+    plan_video,
+    unit_cut,
+)
 from nstd.temporal.store import FrameStore
 
 PlanProgress = Callable[[int, int], None]  # (frames decoded, estimated frame count)
@@ -56,9 +63,10 @@ class VideoJob:
         """Where a run without splits starts cold: each shot's first frame."""
         return cold_frames(self.plan)
 
-    def units(self, max_segment_frames: int, overlap: int) -> list[Any]:
-        """The plan cut into units of work (`nstd.temporal.plan.plan_units`)."""
-        return plan_units(self.plan, max_segment_frames, overlap)
+    def units(self, cluster: ClusterConfig) -> list[Any]:
+        """The plan cut into units of work (`nstd.temporal.plan.plan_units`) with the cut
+        recorded at first planning (`unit_cut`: a resumed job keeps its units)."""
+        return plan_units(self.plan, *unit_cut(self.plan, cluster))
 
 
 def open_video_job(what: VideoSources, config: Config, work: Path, *, restart: bool = False,

@@ -7,6 +7,7 @@
     assert daemon.wait_exit() == -9
 
 Tiny, fast settings (style.max_side 32, 2 iterations, settle 0.2 s) unless overridden.
+`nstd.testing.stepped` is the in-process counterpart: a supervisor stepped on a fake clock.
 Subprocesses get OMP_NUM_THREADS=1: on 2 shared cores, torch's OpenMP threads competing with
 another process (or the daemon's decode/flow/encode threads) slow an iteration down 100-fold.
 """

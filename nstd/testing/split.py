@@ -41,7 +41,7 @@ def run_split(source: Path, output: Path, work: Path, config: Config, stylizer: 
     size = output_size(info.width, info.height, config.style.max_side)
     store = FrameStore.open(work, {"split": str(source)}, restart=True)
     plan = plan_video(source, info, config)
-    units = plan_units(plan, config.video.max_segment_frames, config.video.segment_overlap)
+    units = plan_units(plan, config.cluster.max_unit_frames, config.cluster.unit_overlap)
     records: dict[int, dict[str, Any]] = {}
 
     def sink(frame: StylizedFrame) -> None:

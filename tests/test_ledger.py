@@ -1,4 +1,5 @@
-"""The SQLite job ledger: dedupe, atomic claims, leases and recovery, backoff, retry."""
+"""The SQLite job ledger: dedupe, atomic claims, leases and recovery, backoff, retry, and the
+claim order after a stop, a crash or `nstd retry`."""
 
 from __future__ import annotations
 
@@ -70,13 +71,17 @@ def test_readonly_open_reads_while_writer_holds_a_transaction(db_path: Path) -> 
     with Ledger.open(db_path) as writer:
         writer.enqueue("a.png", "k1", "mosaic", {}, now=1.0)
         reader = Ledger.open(db_path, readonly=True)
-        with writer._write() as db:  # a write in progress: WAL readers are not blocked
-            db.execute("UPDATE jobs SET style = 'other'")
-            assert reader.counts()["queued"] == 1
-            assert reader.active()[0].style == "mosaic"
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a write in progress: WAL readers are not blocked
+        other.execute("UPDATE jobs SET style = 'other'")
+        assert reader.counts()["queued"] == 1
+        assert reader.active()[0].style == "mosaic"
+        other.execute("COMMIT")
+        other.close()
         assert reader.active()[0].style == "other"
-        with pytest.raises(sqlite3.OperationalError):
-            reader._db.execute("DELETE FROM jobs")
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.enqueue("b.png", "k2", "mosaic", {}, now=2.0)
+        assert [j.source for j in reader.active()] == ["a.png"]
         reader.close()
 
 
@@ -244,6 +249,56 @@ def test_retry_by_name_path_or_all(ledger: Ledger) -> None:
     assert ledger.retry(None) == 1
     assert ledger.counts() == {"queued": 3, "running": 0, "done": 0, "failed": 0}
     assert ledger.claim(now=2.0, lease_seconds=60).attempts == 1
+
+
+# --------------------------------------------------------------------------- claim order
+
+
+def test_a_stopped_job_is_claimed_first_after_the_restart(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
+    early = ledger.enqueue("early.png", "k1", "mosaic", {}, now=10.0)
+    ledger.claim(now=11.0, lease_seconds=60)
+    ledger.fail(early.id, "disk full", now=12.0, permanent=False, max_attempts=3,
+                backoff_seconds=30.0)  # retry due at 42
+    video = ledger.enqueue("long.mp4", "k2", "mosaic", {}, now=20.0)
+    assert ledger.claim(now=21.0, lease_seconds=60).id == video.id
+    later = ledger.enqueue("later.png", "k3", "mosaic", {}, now=30.0)
+    ledger.release(video.id, now=50.0)  # SIGTERM: the video goes back, no attempt counted
+    ledger.close()
+    restarted = Ledger.open(tmp_path / "jobs.sqlite3")
+    assert [j.source for j in restarted.active()] == ["long.mp4", "later.png", "early.png"]
+    order = [restarted.claim(now=100.0, lease_seconds=60) for _ in range(3)]
+    assert [j.id for j in order] == [video.id, later.id, early.id]
+    assert order[0].attempts == 1  # its first attempt, counted once
+
+
+def test_a_job_interrupted_by_a_crash_is_claimed_first_too(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
+    older = ledger.enqueue("older.png", "k1", "mosaic", {}, now=1.0)
+    ledger.claim(now=2.0, lease_seconds=60)
+    ledger.fail(older.id, "disk full", now=3.0, permanent=False, max_attempts=3,
+                backoff_seconds=5.0)  # due again at 8
+    ledger.enqueue("crashed.png", "k2", "mosaic", {}, now=4.0)
+    crashed = ledger.claim(now=5.0, lease_seconds=60)  # then kill -9
+    ledger.recover(now=100.0)
+    assert ledger.claim(now=100.0, lease_seconds=60).id == crashed.id
+    assert ledger.claim(now=100.0, lease_seconds=60).id == older.id
+
+
+def test_nstd_retry_queues_behind_a_stopped_job_and_before_new_files(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "jobs.sqlite3")
+    bad = ledger.enqueue("bad.png", "k1", "mosaic", {}, now=1.0)
+    ledger.claim(now=2.0, lease_seconds=60)
+    ledger.fail(bad.id, "corrupt", now=3.0, permanent=True, max_attempts=3, backoff_seconds=1)
+    ledger.enqueue("video.mp4", "k2", "mosaic", {}, now=4.0)
+    stopped = ledger.claim(now=5.0, lease_seconds=60)
+    ledger.release(stopped.id, now=6.0)
+    assert ledger.retry("bad.png") == 1
+    ledger.enqueue("new.png", "k3", "mosaic", {}, now=8.0)
+    assert [j.source for j in ledger.active()] == ["video.mp4", "bad.png", "new.png"]
+
+
+# --------------------------------------------------------------------------- reads
 
 
 def test_forget_and_find(ledger: Ledger) -> None:
