@@ -107,7 +107,7 @@ def test_audio_reencoded_when_container_refuses_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = write_test_clip(tmp_path / "pcm.mkv", frames=12, audio=True, audio_codec="pcm_s16le")
-    with caplog.at_level(logging.WARNING, logger="nstd.media.container"):
+    with caplog.at_level(logging.WARNING, logger="nstd.media"):
         info, _ = _round_trip(src, tmp_path / "out.mp4")
     assert "re-encoding it to AAC" in caplog.text
     (codec, seconds), = _audio_span(tmp_path / "out.mp4")

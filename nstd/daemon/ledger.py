@@ -22,6 +22,8 @@ Decisions (why):
 - Totals over every job (per state, units of done jobs, failures by reason) are kept by
   triggers in a ``counters`` table (`nstd.daemon.tally`), and ``recent`` reads an index: the
   status readers cost the same with 100,000 finished jobs as with ten.
+- The tables, indexes and their versioned migrations live in `nstd.daemon.ledger_schema`
+  (`SCHEMA_VERSION` is re-exported here).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from nstd.daemon import tally
+from nstd.daemon.ledger_schema import SCHEMA_VERSION, connect, immediate  # noqa: F401 - public
 from nstd.daemon.tally import Tally
 from nstd.errors import InputError, NstdError
 from nstd.faults import failpoint
@@ -50,9 +53,7 @@ from nstd.text import plural
 log = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "jobs.sqlite3"
-SCHEMA_VERSION = 3
 HASH_CHUNK = 64 * 1024
-BUSY_TIMEOUT_MS = 10_000
 # Backoff doubles per attempt; the cap keeps a large max_attempts from waiting for weeks.
 MAX_BACKOFF_SECONDS = 6 * 3600.0
 # Claim order is by not_before ("ready since"), then id: a job put back by a stop or a crash
@@ -63,50 +64,6 @@ READY_RETRIED = 1.0
 
 State = Literal["queued", "running", "done", "failed"]
 STATES: tuple[State, ...] = ("queued", "running", "done", "failed")
-
-# Each entry upgrades the schema from version i to i + 1 (index i).
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id             INTEGER PRIMARY KEY AUTOINCREMENT,
-        source         TEXT    NOT NULL,            -- POSIX path relative to the inbox
-        content_key    TEXT    NOT NULL,            -- see content_key()
-        style          TEXT    NOT NULL,
-        settings       TEXT    NOT NULL DEFAULT '{}', -- JSON: the sidecar's overrides
-        state          TEXT    NOT NULL
-                       CHECK (state IN ('queued', 'running', 'done', 'failed')),
-        attempts       INTEGER NOT NULL DEFAULT 0,  -- counted at claim
-        lease_until    REAL,                        -- running only
-        not_before     REAL    NOT NULL DEFAULT 0,  -- retry backoff
-        progress_done  INTEGER,
-        progress_total INTEGER,
-        eta_seconds    REAL,
-        created        REAL    NOT NULL,
-        started        REAL,
-        finished       REAL,
-        output         TEXT,
-        error          TEXT
-    );
-    CREATE INDEX jobs_claim ON jobs (state, not_before, id);
-    CREATE INDEX jobs_source ON jobs (source);
-    CREATE UNIQUE INDEX jobs_live_key ON jobs (source, content_key)
-        WHERE state IN ('queued', 'running', 'done');
-    """,
-    # 2: style masks named by a sidecar (nstd.daemon.maskfiles): [[style, mask file], ...]
-    """
-    ALTER TABLE jobs ADD COLUMN masks TEXT NOT NULL DEFAULT '[]'
-    """,
-    # 3: large ledgers. The totals the status readers show, kept by triggers (nstd.daemon.tally:
-    # created, and filled from the rows, by every writable open that lacks them), and the
-    # finished jobs by time, so `recent` reads the last few rows instead of sorting them all.
-    """
-    CREATE TABLE counters (
-        name  TEXT    PRIMARY KEY,                  -- jobs:<state>, units:<kind>, ...
-        value INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX jobs_finished ON jobs (finished, id) WHERE state IN ('done', 'failed')
-    """,
-)
 
 
 @dataclass(frozen=True)
@@ -187,32 +144,6 @@ def content_key(path: str | os.PathLike[str]) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{digest.hexdigest()}"
 
 
-def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """A connection that never writes, for ``nstd status`` (possibly another user).
-
-    A WAL reader needs the ``-shm`` file; when the daemon is stopped (no ``-wal`` left: every
-    change is in the main file) and the reader may not create ``-shm`` in the folder, the
-    file is opened as immutable instead.
-    """
-    if not path.is_file():
-        raise NstdError(f"there is no job ledger at {path}; start `nstd run` first")
-    base = path.resolve().as_uri()
-    for query in ("mode=ro", "immutable=1"):
-        db = sqlite3.connect(f"{base}?{query}", uri=True, isolation_level=None,
-                             check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            return db
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if not isinstance(exc, sqlite3.OperationalError):  # e.g. "file is not a database"
-                raise NstdError(f"the job ledger {path} cannot be used ({exc})") from exc
-            if Path(f"{path}-wal").exists() or query == "immutable=1":
-                raise NstdError(
-                    f"cannot read the job ledger {path} ({exc}); run as the daemon's user "
-                    "or a member of its group"
-                ) from exc
-    raise AssertionError("unreachable")
 
 
 class Ledger:
@@ -237,63 +168,7 @@ class Ledger:
         ledger or was written by a newer nstd.
         """
         path = Path(path)
-        if readonly:
-            db = _connect_readonly(path)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                 timeout=BUSY_TIMEOUT_MS / 1000)
-        ledger = cls(db, path)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not readonly:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA foreign_keys = ON")
-            ledger._migrate(readonly)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise NstdError(
-                f"the job ledger {path} cannot be used ({exc}); stop nstd and move it aside"
-            ) from exc
-        except BaseException:
-            db.close()
-            raise
-        return ledger
-
-    def _migrate(self, readonly: bool) -> None:
-        if readonly:
-            version = self._schema_version()
-            if version != SCHEMA_VERSION:
-                raise NstdError(
-                    f"the job ledger {self.path} has schema version {version}, this nstd "
-                    f"reads version {SCHEMA_VERSION}; run the matching `nstd run` once"
-                )
-            return
-        with self._write() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            version = self._schema_version()
-            if version > SCHEMA_VERSION:
-                raise NstdError(
-                    f"the job ledger {self.path} has schema version {version}, newer than this "
-                    f"nstd supports ({SCHEMA_VERSION}); upgrade nstd"
-                )
-            for script in _MIGRATIONS[version:]:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            if version != SCHEMA_VERSION:
-                db.execute("DELETE FROM schema_version")
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            if tally.install(db):
-                log.info("counted the jobs in %s for the status readers", self.path)
-
-    def _schema_version(self) -> int:
-        try:
-            row = self._db.execute("SELECT version FROM schema_version").fetchone()
-        except sqlite3.OperationalError:  # no such table: not created yet
-            return 0
-        return int(row[0]) if row else 0
+        return cls(connect(path, readonly=readonly), path)
 
     def close(self) -> None:
         with self._lock:
@@ -308,14 +183,8 @@ class Ledger:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Job | None:
         with self._lock:

@@ -141,75 +141,79 @@ def write_test_clip(
     fmt = _CONTAINERS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"write_test_clip: unknown container for {path.name}")
-    if codec is None:
-        codec = {"webm": "vp9", "avi": "mpeg4"}.get(fmt, "h264")
-    width, height = size
+    codec = codec or {"webm": "vp9", "avi": "mpeg4"}.get(fmt, "h264")
     rotation = int(rotation) % 360
     if rotation % 90:
         raise ValueError("write_test_clip: rotation must be a multiple of 90")
-    display = (height, width) if rotation in (90, 270) else (width, height)
-    upright = make_test_frames(
-        frames=frames, size=display, pattern=pattern, cut_at=cut_at, seed=seed
-    )
-    if fmt == "avi":
-        # AVI is constant-rate by construction: one tick per frame, no VFR.
-        if vfr:
-            raise ValueError("write_test_clip: AVI cannot hold a variable frame rate")
-        time_base = 1 / rate
-        pts = list(range(frames))
-    elif vfr:
-        pts, time_base = vfr_pts(frames, rate, seed)
-    else:
-        time_base = Fraction(1, rate.numerator)
-        pts = [i * rate.denominator for i in range(frames)]
-
+    display = (size[1], size[0]) if rotation in (90, 270) else (size[0], size[1])
+    upright = make_test_frames(frames=frames, size=display, pattern=pattern, cut_at=cut_at,
+                               seed=seed)
+    pts, time_base = _clip_timing(fmt, frames, rate, vfr, seed)
     options = {"movflags": "+faststart"} if faststart and fmt in ("mp4", "mov") else {}
     with av.open(str(path), "w", format=fmt, options=options) as container:
-        stream = container.add_stream(_ENCODERS[codec], rate=rate)
-        stream.width, stream.height = width, height
-        odd = width % 2 or height % 2
-        stream.pix_fmt = {
-            "h264": "yuv444p" if odd else "yuv420p",
-            "ffv1": "yuv444p",
-            "mpeg4": "yuv420p",
-            "vp9": "yuv420p",
-        }[codec]
-        stream.codec_context.time_base = time_base
-        if codec == "h264":
-            stream.options = {"crf": "10", "preset": "veryfast"}
-        elif codec == "mpeg4":
-            stream.options = {"qscale": "2"}
-            stream.codec_context.qscale = 2
-        if rotation:
-            stream.set_display_rotation(rotation)
-        if sample_aspect_ratio is not None:
-            stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio)
-        last = (pts[-1] - pts[-2]) if frames > 1 else round(1 / (rate * time_base))
-        end_time = (pts[-1] + last) * time_base
-        audio_writer = None
-        if audio:
-            acodec = audio_codec or ("libopus" if fmt == "webm" else "aac")
-            audio_writer = _SineWriter(container, acodec, end_time)
-        k = rotation // 90
-        for i, image in enumerate(upright):
-            coded = np.ascontiguousarray(np.rot90(image, k=-k))  # undo the display rotation
+        stream = _add_clip_stream(container, codec, size, rate, time_base, rotation,
+                                  sample_aspect_ratio)
+        durations = _frame_durations(pts, rate, time_base)
+        acodec = audio_codec or ("libopus" if fmt == "webm" else "aac")
+        end_time = (pts[-1] + durations[-1]) * time_base
+        audio_writer = _SineWriter(container, acodec, end_time) if audio else None
+        for image, frame_pts, duration in zip(upright, pts, durations, strict=True):
+            coded = np.ascontiguousarray(np.rot90(image, k=-(rotation // 90)))  # undo the rotation
             frame = av.VideoFrame.from_ndarray(coded, format="rgb24")
-            frame.pts = pts[i]
-            frame.time_base = time_base
-            # The last frame lasts as long as the one before it (what players assume too).
-            next_pts = (
-                pts[i + 1]
-                if i + 1 < frames
-                else pts[i] + (pts[i] - pts[i - 1] if frames > 1 else round(1 / (rate * time_base)))
-            )
-            frame.duration = next_pts - pts[i]
+            frame.pts, frame.time_base, frame.duration = frame_pts, time_base, duration
             container.mux(stream.encode(frame))
             if audio_writer is not None:
-                audio_writer.write_until(Fraction(pts[i], 1) * time_base)
+                audio_writer.write_until(Fraction(frame_pts, 1) * time_base)
         container.mux(stream.encode())
         if audio_writer is not None:
             audio_writer.finish()
     return path
+
+
+def _clip_timing(fmt: str, frames: int, rate: Fraction, vfr: bool,
+                 seed: int) -> tuple[list[int], Fraction]:
+    """The frames' pts and the stream's time base."""
+    if fmt == "avi":
+        # AVI is constant-rate by construction: one tick per frame, no VFR.
+        if vfr:
+            raise ValueError("write_test_clip: AVI cannot hold a variable frame rate")
+        return list(range(frames)), 1 / rate
+    if vfr:
+        return vfr_pts(frames, rate, seed)
+    return [i * rate.denominator for i in range(frames)], Fraction(1, rate.numerator)
+
+
+def _frame_durations(pts: list[int], rate: Fraction, time_base: Fraction) -> list[int]:
+    """Each frame lasts until the next; the last as long as the one before it (what players
+    assume too), or one nominal interval in a one-frame clip."""
+    gaps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+    return gaps + [gaps[-1] if gaps else round(1 / (rate * time_base))]
+
+
+def _add_clip_stream(container, codec: str, size: tuple[int, int], rate: Fraction,
+                     time_base: Fraction, rotation: int, sample_aspect_ratio: Fraction | None):
+    """The video stream, with the pixel format, quality and tags `write_test_clip` promises."""
+    stream = container.add_stream(_ENCODERS[codec], rate=rate)
+    width, height = size
+    stream.width, stream.height = width, height
+    odd = width % 2 or height % 2
+    stream.pix_fmt = {
+        "h264": "yuv444p" if odd else "yuv420p",
+        "ffv1": "yuv444p",
+        "mpeg4": "yuv420p",
+        "vp9": "yuv420p",
+    }[codec]
+    stream.codec_context.time_base = time_base
+    if codec == "h264":
+        stream.options = {"crf": "10", "preset": "veryfast"}
+    elif codec == "mpeg4":
+        stream.options = {"qscale": "2"}
+        stream.codec_context.qscale = 2
+    if rotation:
+        stream.set_display_rotation(rotation)
+    if sample_aspect_ratio is not None:
+        stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio)
+    return stream
 
 
 class _SineWriter:
