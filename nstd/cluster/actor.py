@@ -100,7 +100,7 @@ class StyleActor:
                  simulate_seconds: float = 0.0) -> None:
         self.config = parse_config(config)
         self.simulate = float(simulate_seconds)
-        self.wire_bits = 8 if self.config.daemon.wire_format == "png8" else 16
+        self.wire_bits = 8 if self.config.cluster.wire_format == "png8" else 16
         self._stopped: set[int] = set()
         self._probed: dict[str, Any] = {}  # job key -> VideoInfo: probed once per job
         self._engines_by_job: dict[str, tuple[Any, Any, Any]] = {}
