@@ -81,7 +81,7 @@ from nstd.job import JobRequest, to_array, to_tensor  # noqa: E402
 from nstd.media import container as video  # noqa: E402
 from nstd.pipeline import load_style_target, run_job  # noqa: E402
 from nstd.temporal.ewarp import evaluate_videos, warping_error  # noqa: E402
-from nstd.temporal.frames import output_size  # noqa: E402
+from nstd.temporal.plan import output_size  # noqa: E402
 from nstd.temporal.store import FrameStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

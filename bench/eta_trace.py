@@ -61,7 +61,7 @@ def trace(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     seen: list[tuple[JobProgress, float]] = []
 
     def progress(p: JobProgress) -> None:
-        if p.unit != "plan":
+        if p.unit in ("frame", "iteration"):  # not the plan pass, nor the encoder's tail
             seen.append((p, time.monotonic()))
 
     started = time.monotonic()

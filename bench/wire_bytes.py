@@ -40,10 +40,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from nstd.cluster.actor import encode_png16
     from nstd.config import parse_config
     from nstd.daemon.engines import EngineCache
     from nstd.job import to_array, to_tensor
+    from nstd.temporal.store import encode_png
     from nstd.testing.media import smooth_texture, write_test_image
     from nstd.testing.weights import write_random_vgg19
 
@@ -68,9 +68,9 @@ def main() -> int:
               "iterations": result.iterations, "initial_loss": result.initial_loss,
               "final_loss": result.final_loss, "mode": "warped", "seconds": 1.0}
     t0 = time.monotonic()
-    png_out = encode_png16(out)
+    png_out = encode_png(out)
     encode_seconds = time.monotonic() - t0
-    png_in = encode_png16(frame.astype(np.float32) / 255.0)
+    png_in = encode_png(frame.astype(np.float32) / 255.0)
     import cv2
 
     ok, png8 = cv2.imencode(".png", np.round(out * 255.0).astype(np.uint8),

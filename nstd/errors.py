@@ -52,6 +52,11 @@ class UsageError(NstdError):
     """The command line is wrong. Exit code 2."""
 
 
+class StaleFramesError(UsageError):
+    """A video's work folder holds frames made with other settings or input. The CLI refuses
+    them (``--restart`` starts over); the daemon discards them (`JobRequest.replace_stale`)."""
+
+
 class InputError(NstdError):
     """An input file cannot be used (not an image/video, truncated, too large...). Permanent."""
 

@@ -35,6 +35,9 @@ class JobRequest:
     overwrite: bool = False
     work_dir: Path | None = None  # videos: where stored frames live (default: next to output)
     restart: bool = False  # videos: discard stored frames instead of resuming
+    # videos: stored frames made with other settings or input are discarded (the daemon)
+    # instead of refused with StaleFramesError (the CLI, which asks for --restart)
+    replace_stale: bool = False
     masks: tuple[Path, ...] = ()  # one greyscale style mask per style, or none
 
 

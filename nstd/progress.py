@@ -14,7 +14,8 @@ from typing import TextIO
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Where a job stands. `unit` is 'iteration' for an image, 'frame' for a video."""
+    """Where a job stands. `unit` is 'iteration' for an image, 'frame' for a video ('plan'
+    during its decode pass, 'encode' once every frame is made and the encoder finishes)."""
 
     done: int
     total: int

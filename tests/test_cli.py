@@ -97,6 +97,26 @@ def test_existing_output_is_never_overwritten_without_the_flag(
     assert out.read_bytes() != b"precious"
 
 
+def test_a_video_resumed_with_other_settings_asks_for_restart(
+        tmp_path: Path, painting: Path, vgg_weights_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from nstd.testing.media import write_test_clip
+
+    clip = write_test_clip(tmp_path / "clip.mp4", frames=3, size=(48, 32))
+    out = tmp_path / "clip.out.mp4"
+    work = tmp_path / f".{out.name}.nstd-work"  # where the CLI keeps a video's frames
+    args = ["stylize", str(clip), "--style", str(painting), "-o", str(out),
+            "--weights", str(vgg_weights_path), *FAST]
+    assert main(args) == 0
+    out.unlink()
+    work.mkdir()
+    (work / "manifest.json").write_text('{"version": 1, "fingerprint": {"old": true}}')
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "other settings" in err[-1] and err[-1].endswith("rerun with --restart to start over")
+    assert main([*args, "--restart"]) == 0 and out.is_file()
+
+
 def bad_images(folder: Path) -> dict[str, Path]:
     good = write_png(folder / "good-source.png", size=(64, 64))
     data = good.read_bytes()

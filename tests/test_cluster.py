@@ -282,3 +282,57 @@ def test_a_masked_image_on_the_cluster_equals_the_local_result(tmp_path, vgg_wei
                            blend=(1.0, 1.0), config=config),
                 EngineCache.load(config.model).stylizer(config))
     assert not np.array_equal(ours, np.asarray(Image.open(unmasked)))  # the masks did act
+
+
+def _stream(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """An event stream as the supervisor reads it: heartbeats dropped, a run of progress
+    events of one stage as one (with the last one's done/total for frames), the end event
+    with its kind and reason (not the summary's wording or timing)."""
+    out: list[tuple[Any, ...]] = []
+    for event in events:
+        if event["event"] == "heartbeat":
+            continue
+        if event["event"] == "progress":
+            step: tuple[Any, ...] = ("progress", event["stage"])
+            if event["stage"] == "frame":
+                step += (event["done"], event["total"])
+            if out and out[-1][:2] == step[:2]:
+                out[-1] = step
+            else:
+                out.append(step)
+        else:
+            out.append((event["event"], event.get("kind"), event.get("reason")))
+    return out
+
+
+def test_the_local_worker_and_the_cluster_driver_send_the_same_event_stream(
+        tmp_path, vgg_weights_path):
+    """Both runners are adapters over one job lifecycle (`nstd.daemon.lifecycle`): for the
+    same job, the supervisor sees the same stages, the same last frame count and the same
+    ending, whether a worker process or the Ray driver ran it."""
+    from nstd.daemon.engines import EngineCache
+    from nstd.daemon.worker import execute
+
+    config = parse_config(settings(vgg_weights_path))
+    engines = EngineCache.load(config.model)
+    clip = write_shots_clip(tmp_path / "shots.mp4", shots=2, frames_per_shot=4, size=SIZE)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(200))
+    streams = []
+    for number, source in enumerate((clip, broken)):
+        local: list[dict[str, Any]] = []
+        execute(job(tmp_path, source, config, job_id=10 + number), engines, local.append,
+                lambda: False)
+        cluster: list[dict[str, Any]] = []
+        backend = RayBackend(config)
+        try:
+            run_job(job(tmp_path, source, config, job_id=20 + number), backend._pool(),
+                    cluster.append, lambda: False, order=1, key=f"s{number}")
+        finally:
+            backend.close()
+        assert _stream(cluster) == _stream(local)
+        streams.append(_stream(local))
+    published, failed = streams
+    assert published[-3:] == [("progress", "frame", 8, 8), ("progress", "encode"),
+                              ("published", None, None)]
+    assert failed[-1][:2] == ("failed", "input")

@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nstd.config import (
-    SECTIONS,
-    Config,
-    apply_override,
-    load_config,
-    merge_overrides,
-    parse_config,
-    to_mapping,
-)
+from nstd.config import SECTIONS, Config, parse_config, to_mapping
+from nstd.config_files import apply_override, load_config, merge_overrides
 from nstd.config_yaml import default_config_text, scalar
 from nstd.errors import ConfigError
 

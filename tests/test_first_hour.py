@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from nstd.cli.main import build_parser, main
-from nstd.config import PATH_KEYS, load_config, parse_config
+from nstd.config import PATH_KEYS, parse_config
+from nstd.config_files import load_config
 from nstd.daemon.stylelist import list_styles
 from nstd.engine import weights
 from nstd.errors import TransientError, WeightsError, WeightsUnavailableError

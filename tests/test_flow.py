@@ -10,15 +10,14 @@ from nstd.temporal.flow import (
     DEFAULT_SCENE_CUT_THRESHOLD,
     FlowEstimator,
     Prior,
-    Segment,
     consistency_mask,
     estimate_motion,
     is_scene_cut,
-    plan_segments,
     scene_cut_score,
     warp,
     warp_prior,
 )
+from nstd.temporal.plan import cold_frames, plan_units
 
 H, W = 96, 128
 M = 12  # interior margin: flow near the borders is extrapolated, not measured
@@ -237,26 +236,19 @@ def test_scene_cut_on_tiny_and_large_frames() -> None:
 # ------------------------------------------------------------------------------ segments
 
 
-def test_plan_segments_cuts_and_max_length() -> None:
-    segs = plan_segments([10, 4], 25, 4)
-    assert segs == [
-        Segment(0, 4, True),
-        Segment(4, 8, True), Segment(8, 10, False),
-        Segment(10, 14, True), Segment(14, 18, False), Segment(18, 22, False),
-        Segment(22, 25, False),
-    ]
-    assert sum(len(s) for s in segs) == 25
+def test_a_local_run_is_the_unit_cut_without_splits() -> None:
+    plan = {"frames": 25, "cuts": [10, 4]}
+    shots = sorted(plan_units(plan, 0, 0), key=lambda u: u.start)
+    assert [(u.first, u.start, u.stop) for u in shots] == [(0, 0, 4), (4, 4, 10), (10, 10, 25)]
+    assert cold_frames(plan) == {0, 4, 10}
+    # The same plan cut for several workers keeps those shots' cold starts and adds the
+    # warm-up starts of the split pieces.
+    units = plan_units(plan, 6, 2)
+    assert sum(u.stop - u.start for u in units) == 25
+    assert cold_frames(plan) <= {u.first for u in units}
 
 
-def test_plan_segments_edge_cases() -> None:
-    assert plan_segments([], 0, 10) == []
-    assert plan_segments([], 5, 10) == [Segment(0, 5, True)]
-    assert plan_segments([0, 0, 3, 3], 5, 0) == [Segment(0, 3, True), Segment(3, 5, True)]
-    assert plan_segments([], 6, 3) == [Segment(0, 3, True), Segment(3, 6, False)]
-    assert plan_segments([4], 5, 100) == [Segment(0, 4, True), Segment(4, 5, True)]
-    with pytest.raises(ValueError):
-        plan_segments([5], 5, 10)
-    with pytest.raises(ValueError):
-        plan_segments([], -1, 10)
-    with pytest.raises(ValueError):
-        plan_segments([], 5, -1)
+def test_cold_frames_edge_cases() -> None:
+    assert cold_frames({"frames": 0, "cuts": []}) == set()
+    assert cold_frames({"frames": 5, "cuts": []}) == {0}
+    assert cold_frames({"frames": 5, "cuts": [0, 0, 3, 3]}) == {0, 3}

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nstd.cluster.driver import _Tracker
-from nstd.daemon.worker import _Reporter
+from nstd.daemon.lifecycle import Reporter
 from nstd.progress import JobProgress
 from nstd.series import IndexedSeries, Series
 from nstd.web.page import running, sparkline
@@ -30,7 +29,7 @@ def test_the_series_stays_bounded_and_keeps_the_mean_of_every_run():
 def test_the_worker_sends_the_frame_losses_with_its_frame_progress():
     events = []
     clock = iter(range(0, 1000, 2))  # two seconds apart: every event is due
-    reporter = _Reporter(7, events.append, clock=lambda: float(next(clock)))
+    reporter = Reporter(7, events.append, clock=lambda: float(next(clock)))
     for done, loss in enumerate([4.0, 2.0, 3.0], start=1):
         reporter.progress(JobProgress(done=done, total=3, unit="frame", elapsed=done,
                                       loss=loss))
@@ -59,11 +58,13 @@ def test_frames_arriving_out_of_order_are_plotted_in_frame_order_within_bounds()
     assert len(big.values()) <= 120
 
 
-def test_the_ray_driver_sends_the_frame_losses_too():
+def test_frames_arriving_out_of_order_send_their_losses_by_position():
+    # (how the Ray driver reports: units finish in any order)
     events = []
-    tracker = _Tracker(9, events.append, total=4, done=0)
-    tracker.frame(2, 3.0)  # unit 2 first
-    tracker.last = float("-inf")  # every event due
-    tracker.frame(0, 1.0)
+    clock = iter(range(0, 1000, 2))  # every event due
+    reporter = Reporter(9, events.append, clock=lambda: float(next(clock)))
+    reporter.start_frames(4, 0)
+    reporter.frame(2, 3.0)  # unit 2 first
+    reporter.frame(0, 1.0)
     assert events[-1]["losses"] == [1.0, 3.0]
     assert events[-1]["stage"] == "frame" and events[-1]["done"] == 2

@@ -288,12 +288,12 @@ def test_per_iteration_heartbeats_do_not_starve_a_videos_frame_progress() -> Non
     """The page's progress bar moves while a video runs: frame events get through even when
     the engine beats a heartbeat every few hundred milliseconds (it used to say "starting"
     until the last frame)."""
-    from nstd.daemon.worker import _Reporter
+    from nstd.daemon.lifecycle import Reporter
     from nstd.progress import JobProgress
 
     clock = [0.0]
     events: list[dict[str, Any]] = []
-    reporter = _Reporter(7, events.append, clock=lambda: clock[0])
+    reporter = Reporter(7, events.append, clock=lambda: clock[0])
     for frame in range(1, 9):  # 1.2 s per frame, a heartbeat every 0.3 s
         for _ in range(4):
             clock[0] += 0.3

@@ -15,12 +15,13 @@ import pytest
 
 from nstd.config import Config, parse_config
 from nstd.engine.stylizer import build_stylizer
-from nstd.errors import Interrupted, UsageError
+from nstd.errors import Interrupted, StaleFramesError, UsageError
 from nstd.job import JobRequest
 from nstd.media import container as video
 from nstd.pipeline import run_job
 from nstd.temporal.ewarp import evaluate_videos
-from nstd.temporal.frames import default_work_dir, output_size
+from nstd.temporal.frames import default_work_dir
+from nstd.temporal.plan import output_size
 from nstd.temporal.store import FrameStore
 from nstd.testing.media import write_test_clip, write_test_image
 
@@ -182,10 +183,37 @@ def test_changed_settings_refuse_to_resume_unless_restarted(tmp_path: Path, styl
         run_job(request, stylizer, should_stop=stop)
     changed = dataclasses.replace(config, video=dataclasses.replace(config.video,
                                                                    temporal_tolerance=7.0))
-    with pytest.raises(UsageError, match="--restart"):
+    with pytest.raises(StaleFramesError, match=r"other settings .*changed: frames_from"):
         run_job(dataclasses.replace(request, config=changed), stylizer)
     report = run_job(dataclasses.replace(request, config=changed, restart=True), stylizer)
     assert report.extra["frames_computed"] == 6
+
+
+def test_the_daemon_replaces_stale_frames_and_resumes_matching_ones(
+        tmp_path: Path, style_image: Path, vgg_weights_path: Path) -> None:
+    source = write_test_clip(tmp_path / "clip.mp4", frames=6, size=(48, 32))
+    config = tiny_config(vgg_weights_path)
+    stylizer = build_stylizer(config.model, config.style)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    request = JobRequest(source=source, output=tmp_path / "out.mp4", styles=(style_image,),
+                         blend=(1.0,), config=config, replace_stale=True)
+    with pytest.raises(Interrupted):
+        run_job(request, stylizer, should_stop=stop)
+    resumed = run_job(request, stylizer)  # same settings: the stored frames are kept
+    assert 0 < resumed.extra["frames_resumed"] < 6
+    (tmp_path / "out.mp4").unlink()
+    calls["n"] = 0
+    with pytest.raises(Interrupted):
+        run_job(request, stylizer, should_stop=stop)
+    changed = dataclasses.replace(config, video=dataclasses.replace(config.video,
+                                                                   temporal_tolerance=7.0))
+    report = run_job(dataclasses.replace(request, config=changed), stylizer)
+    assert report.extra["frames_computed"] == 6 and not report.extra.get("frames_resumed")
 
 
 def test_a_change_of_the_cluster_keys_keeps_the_stored_frames(

@@ -9,7 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from nstd.config import Config, Override, load_config
+from nstd.config import Config
+from nstd.config_files import Override, load_config
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nstd.cli.common import config_from_args, setup_logging
-from nstd.errors import ConfigError, NstdError, UsageError, WeightsError
+from nstd.errors import ConfigError, NstdError, StaleFramesError, UsageError, WeightsError
 from nstd.signals import StopFlag
 from nstd.text import plural
 
@@ -233,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nstd: config error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"nstd: {exc}", file=sys.stderr)
+        hint = "; rerun with --restart to start over" if isinstance(exc, StaleFramesError) else ""
+        print(f"nstd: {exc}{hint}", file=sys.stderr)
         return EXIT_USAGE
     except NstdError as exc:
         if args.debug:

@@ -34,34 +34,13 @@ from nstd.cluster.wire import FrameOut, UnitSpec
 from nstd.config import parse_config
 from nstd.errors import Interrupted
 from nstd.faults import failpoint
+from nstd.temporal.store import decode_png, encode_png
 
 log = logging.getLogger("nstd.actor")
 
 CACHE_ROOT = Path(tempfile.gettempdir()) / "nstd-ray"  # per node: sources and styles by job
 CACHE_KEEP = 4  # jobs whose files stay cached on a node
 QUEUE_DEPTH = 8  # frames computed ahead of the network (bounded: memory does not grow)
-
-
-def encode_png16(rgb: np.ndarray, bits: int = 16) -> bytes:
-    """(H, W, 3) float32 RGB in [0, 1] -> RGB PNG bytes, 16 bits per channel (the frame
-    store's format) or 8 (``cluster.wire_format: png8``: the precision the encoder keeps)."""
-    top = 65535.0 if bits == 16 else 255.0
-    pixels = np.round(np.clip(rgb, 0.0, 1.0) * top).astype(np.uint16 if bits == 16
-                                                              else np.uint8)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:  # pragma: no cover - OpenCV failing to encode a plain array
-        raise OSError("could not encode a frame as PNG")
-    return data.tobytes()
-
-
-def decode_png16(data: bytes) -> np.ndarray:
-    """16- or 8-bit RGB PNG bytes -> (H, W, 3) float32 RGB in [0, 1]."""
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.dtype not in (np.uint16, np.uint8) or pixels.ndim != 3:
-        raise OSError("a shipped frame is not an RGB PNG")
-    top = 65535.0 if pixels.dtype == np.uint16 else 255.0
-    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / top
 
 
 class ShippedFrames:
@@ -74,7 +53,7 @@ class ShippedFrames:
         return index in self._frames
 
     def load(self, index: int) -> np.ndarray:
-        return decode_png16(self._frames[index][0])
+        return decode_png(self._frames[index][0])
 
     def record(self, index: int) -> dict[str, Any]:
         return self._frames[index][1]
@@ -208,7 +187,7 @@ class StyleActor:
             failpoint("actor.frame")
             if not isinstance(item, FrameOut):  # a StylizedFrame: PNG here, off the engine's
                 # thread (at 1080p the encode takes ~0.5 s on one core: bench/wire_bytes.py)
-                item = FrameOut(item.index, encode_png16(item.rgb, self.wire_bits), item.record,
+                item = FrameOut(item.index, encode_png(item.rgb, self.wire_bits), item.record,
                                 item.overlap)
             yield item
         running.result()
@@ -271,7 +250,7 @@ class StyleActor:
             from nstd.temporal.seam import seam_frame
 
             length = spec.stop - spec.seam_first
-            anchors = {t: seam_frame(decode_png16(a), decode_png16(b), t - spec.seam_first,
+            anchors = {t: seam_frame(decode_png(a), decode_png(b), t - spec.seam_first,
                                      length)
                        for t, (a, b) in spec.seam_png.items()}
 
@@ -301,7 +280,7 @@ class StyleActor:
             rgb = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
             record = {"loss": 0.0, "losses": {}, "iterations": 0, "initial_loss": 0.0,
                       "final_loss": 0.0, "mode": "simulated", "seconds": self.simulate}
-            put(FrameOut(frame.index, encode_png16(rgb.astype(np.float32) / 255.0,
+            put(FrameOut(frame.index, encode_png(rgb.astype(np.float32) / 255.0,
                                                    self.wire_bits), record,
                          frame.index < spec.start))
 

@@ -1,22 +1,23 @@
-"""One job on the actor pool, run by the supervisor (in a thread of its process; no torch).
+"""One job on the actor pool, run by the supervisor (in a thread of its process; no torch):
+the work step of the one job lifecycle (`nstd.daemon.lifecycle`), which checks and reports.
 
-    image:  one unit -> the encoded file comes back -> temp name in the outbox -> verify
-            -> rename
-    video:  probe -> plan (one decode pass here: frame count, cuts, every frame's pts; kept
-            in the frame store) -> units (`nstd.temporal.plan.plan_units`: shots, long shots
+    image:  one unit -> the encoded file comes back -> temp name in the outbox -> rename
+    video:  `nstd.temporal.videojob.open_video_job` as a local run does (probe -> plan: one
+            decode pass here, frame count, cuts, every frame's pts; kept in the frame store)
+            -> units (`nstd.temporal.plan.plan_units`: shots, long shots
             split at cluster.max_unit_frames with cluster.unit_overlap frames of warm-up),
             queued in the order `nstd.cluster.schedule` plans for the pool's actors -> every
             frame that comes back is stored at once (the resume points stay on this disk)
             -> each seam pass as soon as both units beside it are done (the overlap remade
             from the previous unit's frames towards its own, `nstd.temporal.seam`)
             -> meanwhile, an encoder thread writes the frames in order as each becomes final
-            (`_Flow`) -> verify, rename, delete the store.
+            (`_Flow`) -> `videojob.publish_video` (every frame there, rename, delete the store).
 
 A unit whose actor died is asked again what is left (`_VideoUnit.build`): its own frames
 stored so far are a prefix (frames come back and are stored in order), so it resumes after the
 last one, with the stored frames before it as the flow history; a unit that had not stored
-its own first frame starts over, overlap included. Events go out through ``emit`` exactly as a
-worker process sends them (`nstd.daemon.jobspec`), so the supervisor cannot tell the two apart.
+its own first frame starts over, overlap included. Events go out through the lifecycle's
+`Reporter`, as a worker process sends them, so the supervisor cannot tell the two apart.
 """
 
 from __future__ import annotations
@@ -33,16 +34,15 @@ import numpy as np
 from nstd.cluster.pool import ActorPool, UnitTask
 from nstd.cluster.schedule import dispatch_order
 from nstd.cluster.wire import FrameOut, UnitSpec
-from nstd.config import Config, parse_config
+from nstd.config import Config
 from nstd.daemon.jobspec import JobSpec
+from nstd.daemon.lifecycle import EVENT_SECONDS, Done, Reporter, run
 from nstd.errors import Interrupted, OutputError
-from nstd.series import IndexedSeries
+from nstd.temporal.plan import HISTORY_FRAMES
 
 log = logging.getLogger("nstd.cluster")
 
 Emit = Callable[[dict[str, Any]], None]
-EVENT_SECONDS = 1.0
-HISTORY_FRAMES = 5  # = nstd.temporal.frames.HISTORY_FRAMES: the history a resumed unit needs
 
 
 class JobShipment:
@@ -60,68 +60,18 @@ class JobShipment:
         return (self.source, self.styles)
 
 
-class _Tracker:
-    """Progress and heartbeat events for one job, at most about one per second."""
-
-    def __init__(self, job_id: int, emit: Emit, total: int, done: int) -> None:
-        self.job_id, self.emit = job_id, emit
-        self.total, self.done, self.done_at_start = total, done, done
-        self.started = time.monotonic()
-        self.last = float("-inf")
-        self.lock = threading.Lock()
-        # The frame losses made in this run, for the status page's sparkline (as a local
-        # worker sends them), by frame position since units finish out of order.
-        self.losses = IndexedSeries(total)
-
-    def frame(self, index: int, loss: float | None) -> None:
-        with self.lock:
-            self.done += 1
-            if loss is not None:
-                self.losses.add(index, loss)
-            self.tick(final=self.done >= self.total)
-
-    def tick(self, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < EVENT_SECONDS:
-            return
-        self.last = now
-        made = self.done - self.done_at_start
-        rate = made / (now - self.started) if made and now > self.started else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else None
-        self.emit({"event": "progress", "job": self.job_id, "stage": "frame",
-                   "done": self.done, "total": self.total, "eta": eta,
-                   "losses": [float(f"{v:.4g}") for v in self.losses.values()]})
-
-
 def run_job(spec: JobSpec, pool: ActorPool, emit: Emit, should_stop: Callable[[], bool],
             *, order: int, key: str) -> None:
-    """Run one job on the pool and report ``published`` or ``failed``; never raises."""
-    from nstd.daemon.worker import classify
+    """Run one job on the pool and report ``published`` or ``failed`` through the one job
+    lifecycle (`nstd.daemon.lifecycle.run`: the existing-output check, the final check of
+    the published file, the outcome event); never raises."""
 
-    started = time.monotonic()
-    try:
-        config = parse_config(spec.config)
-        if spec.verify_existing:
-            _verify(spec, config, None)
-            summary = "already published"
-        elif spec.kind == "image":
-            summary = _image(spec, config, pool, emit, should_stop, order=order, key=key)
-        else:
-            summary = _video(spec, config, pool, emit, should_stop, order=order, key=key)
-    except Exception as exc:  # noqa: BLE001 - every failure is an event for the supervisor
-        kind, reason = classify(exc, should_stop())
-        log.debug("job %d failed", spec.job_id, exc_info=True)
-        emit({"event": "failed", "job": spec.job_id, "kind": kind, "reason": reason})
-        return
-    emit({"event": "published", "job": spec.job_id, "output": spec.output,
-          "summary": f"{time.monotonic() - started:.1f} s, {summary}"})
+    def work(config: Config, reporter: Reporter) -> Done:
+        if spec.kind == "image":
+            return _image(spec, pool, reporter, should_stop, order=order, key=key)
+        return _video(spec, config, pool, reporter, should_stop, order=order, key=key)
 
-
-def _verify(spec: JobSpec, config: Config, frames: int | None) -> None:
-    from nstd.daemon import outcome
-
-    outcome.verify_output(Path(spec.output), spec.kind, config.limits, expected_frames=frames,
-                          source=Path(spec.source))
+    run(spec, emit, should_stop, work)
 
 
 class _Waiter:
@@ -150,13 +100,12 @@ class _Waiter:
                 self.done.set()
 
     def wait(self, pool: ActorPool, job_id: int, should_stop: Callable[[], bool],
-             tracker: _Tracker | None, heartbeat: Callable[[], None]) -> None:
+             reporter: Reporter, *, frames: bool) -> None:
         cancelled = False
         while not self.done.wait(EVENT_SECONDS):
-            heartbeat()
-            if tracker is not None:
-                with tracker.lock:
-                    tracker.tick()
+            reporter.heartbeat()
+            if frames:
+                reporter.tick()
             if not cancelled and (should_stop() or self.error is not None):
                 cancelled = True
                 pool.cancel(job_id)  # stop: between frames; error: the rest is moot
@@ -174,8 +123,8 @@ def _base_unit(spec: JobSpec, key: str, **fields: Any) -> UnitSpec:
                     masks=tuple(Path(m).name for m in spec.masks), **fields)
 
 
-def _image(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
-           should_stop: Callable[[], bool], *, order: int, key: str) -> str:
+def _image(spec: JobSpec, pool: ActorPool, reporter: Reporter,
+           should_stop: Callable[[], bool], *, order: int, key: str) -> Done:
     from nstd.media import files as fsutil
 
     shipment = JobShipment(spec, key)
@@ -186,7 +135,7 @@ def _image(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
                          label=f"{spec.name} (image)",
                          build=lambda: (unit.to_dict(), {}, shipment.args()),
                          on_frame=result.append, on_end=waiter.end))
-    waiter.wait(pool, spec.job_id, should_stop, None, _heartbeat(spec.job_id, emit))
+    waiter.wait(pool, spec.job_id, should_stop, reporter, frames=False)
     if not result:
         raise Interrupted("stopped before the image was done")
     output = Path(spec.output)
@@ -196,61 +145,39 @@ def _image(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
         fsutil.publish(tmp, output)
     finally:
         fsutil.remove_quietly(tmp)
-    try:
-        _verify(spec, config, None)
-    except OutputError:
-        fsutil.remove_quietly(output)
-        raise
-    record = result[0].record
-    return f"{record.get('iterations', 0)} iterations, on the cluster"
+    return Done(f"{result[0].record.get('iterations', 0)} iterations, on the cluster")
 
 
-def _heartbeat(job_id: int, emit: Emit) -> Callable[[], None]:
-    return lambda: emit({"event": "heartbeat", "job": job_id})
+def _video(spec: JobSpec, config: Config, pool: ActorPool, reporter: Reporter,
+           should_stop: Callable[[], bool], *, order: int, key: str) -> Done:
+    from nstd.temporal.videojob import VideoSources, open_video_job
 
-
-def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
-           should_stop: Callable[[], bool], *, order: int, key: str) -> str:
-    from nstd.media import container as video
-    from nstd.media import files as fsutil
-    from nstd.temporal.plan import fingerprint, output_size, plan_units, plan_video, unit_cut
-    from nstd.temporal.store import FrameStore
-
-    source = Path(spec.source)
-    info = video.probe_video(source, config.limits)
-    size = output_size(info.width, info.height, config.style.max_side)
-    work = Path(spec.work_dir)
-    mark = fingerprint(source, tuple(Path(s) for s in spec.styles), (1.0,) * len(spec.styles),
-                       config, info, size, tuple(Path(m) for m in spec.masks))
-    stored = FrameStore.stored_fingerprint(work)
-    store = FrameStore.open(work, mark, restart=spec.restart or
-                            (stored is not None and stored != mark))
-    if store.plan is None or "pts" not in store.plan:  # (a local worker's plan has no pts)
-        beat = _heartbeat(spec.job_id, emit)
-        last = [float("-inf")]
-
-        def planned(count: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= EVENT_SECONDS:
-                last[0] = now
-                beat()
-                emit({"event": "progress", "job": spec.job_id, "stage": "plan",
-                      "done": count, "total": max(count, info.frame_count), "eta": None})
-
-        store.save_plan(plan_video(source, info, config, planned))
-    plan = store.plan
-    assert plan is not None
-    frames = int(plan["frames"])
-    units = plan_units(plan, *unit_cut(plan, config.cluster))
-    tracker = _Tracker(spec.job_id, emit, frames, store.stored_count())
-    shipment = JobShipment(spec, key)
-    jobs = [_VideoUnit(spec, key, part, plan, store, size, shipment) for part in units]
-    ranks = dispatch_order([job_unit.left() for job_unit in jobs], len(pool.places))
-    flow = _Flow(store, plan, units)
+    what = VideoSources(Path(spec.source), tuple(Path(s) for s in spec.styles),
+                        (1.0,) * len(spec.styles), tuple(Path(m) for m in spec.masks))
+    job = open_video_job(what, config, Path(spec.work_dir), restart=spec.restart,
+                         replace_stale=True, plan_progress=reporter.plan)
+    units = job.units(config.cluster)
+    reporter.start_frames(job.frames, job.store.stored_count())  # "frame n/N": units queued
+    flow = _Flow(job.store, job.plan, units)
     waiter = _Waiter(len(units) + len(flow.seams))
+    _submit_units(spec, key, job, units, pool, reporter, flow, waiter, should_stop, order)
+    _encode_and_publish(spec, config, job, flow, waiter, pool, reporter, should_stop)
+    return Done(f"{job.frames} frames ({reporter.made} made on the cluster, "
+                f"{len(units)} units), {job.size[0]}x{job.size[1]}", job.frames)
 
-    def seam_task(part: Any) -> None:  # both units beside the seam are done (`_Joins`)
-        seam = _SeamUnit(spec, key, part, plan, store, size, shipment)
+
+def _submit_units(spec: JobSpec, key: str, job: Any, units: list[Any], pool: ActorPool,
+                  reporter: Reporter, flow: _Flow, waiter: _Waiter,
+                  should_stop: Callable[[], bool], order: int) -> None:
+    """Queue the units in the order `dispatch_order` plans for the pool's actors; each seam
+    pass is queued once both units beside it are done (`_Joins`)."""
+    shipment = JobShipment(spec, key)
+    jobs = [_VideoUnit(spec, key, part, job.plan, job.store, job.size, shipment)
+            for part in units]
+    ranks = dispatch_order([job_unit.left() for job_unit in jobs], len(pool.places))
+
+    def seam_task(part: Any) -> None:
+        seam = _SeamUnit(spec, key, part, job.plan, job.store, job.size, shipment)
         pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=part.start - part.first,
                              rank=-1, label=f"{spec.name} seam before frame {part.start + 1}",
                              build=seam.build, on_frame=flow.stored(seam.keep_seam),
@@ -261,46 +188,39 @@ def _video(spec: JobSpec, config: Config, pool: ActorPool, emit: Emit,
         job_unit, part = jobs[index], units[index]
         pool.submit(UnitTask(job_id=spec.job_id, order=order, frames=len(part), rank=rank,
                              label=f"{spec.name} frames {part.start + 1}-{part.stop}",
-                             build=job_unit.build, on_frame=flow.stored(job_unit.keep(tracker)),
+                             build=job_unit.build, on_frame=flow.stored(job_unit.keep(reporter)),
                              on_end=joins.unit_end(part)))
-    with tracker.lock:
-        tracker.tick(final=True)  # "frame 0/N": the units are queued
-    # Frames are encoded in order while the units run: each as soon as it is final.
+
+
+def _encode_and_publish(spec: JobSpec, config: Config, job: Any, flow: _Flow, waiter: _Waiter,
+                        pool: ActorPool, reporter: Reporter,
+                        should_stop: Callable[[], bool]) -> None:
+    """Encode the frames in order while the units run (each as soon as it is final), then
+    publish (`nstd.temporal.videojob.publish_video`: every frame there, rename, store gone)."""
+    from nstd.media import files as fsutil
+    from nstd.temporal.videojob import publish_video
+
     tmp = fsutil.temp_path_for(Path(spec.output))
-    encoder = threading.Thread(target=flow.encode, args=(info, size, config, tmp),
+    encoder = threading.Thread(target=flow.encode, args=(job.info, job.size, config, tmp),
                                kwargs={"on_error": waiter.fail}, daemon=True,
                                name=f"encode-{spec.job_id}")
     try:
         encoder.start()
         try:
-            waiter.wait(pool, spec.job_id, should_stop, tracker,
-                        _heartbeat(spec.job_id, emit))
+            waiter.wait(pool, spec.job_id, should_stop, reporter, frames=True)
         finally:
             flow.close(aborted=waiter.error is not None or should_stop())
-        emit({"event": "progress", "job": spec.job_id, "stage": "encode",
-              "done": flow.written, "total": frames, "eta": None})
+        reporter.stage("encode", flow.written, job.frames, final=True)
         while encoder.is_alive():
             encoder.join(EVENT_SECONDS)
-            _heartbeat(spec.job_id, emit)()
+            reporter.heartbeat()
         if flow.error is not None:
             raise flow.error
-        if not video.verify_video(tmp, frames):
-            raise OutputError(f"{Path(spec.output).name}: the encoded video does not have the "
-                              f"expected {frames} frames")
-        fsutil.publish(tmp, Path(spec.output))
+        publish_video(job, tmp, Path(spec.output))
     finally:
         flow.close(aborted=True)
         encoder.join()
         fsutil.remove_quietly(tmp)
-    try:
-        _verify(spec, config, frames)
-    except OutputError:
-        fsutil.remove_quietly(Path(spec.output))
-        raise
-    store.remove()
-    made = tracker.done - tracker.done_at_start
-    return f"{frames} frames ({made} made on the cluster, {len(units)} units), " \
-           f"{size[0]}x{size[1]}"
 
 
 class _VideoUnit:
@@ -348,13 +268,13 @@ class _VideoUnit:
                           known=tuple(sorted(known)))
         return unit.to_dict(), known, self.shipment.args()
 
-    def keep(self, tracker: _Tracker) -> Callable[[FrameOut], None]:
+    def keep(self, reporter: Reporter) -> Callable[[FrameOut], None]:
         def store_frame(item: FrameOut) -> None:
             if item.overlap:
                 self.store.save_side_bytes(item.index, item.png, "overlap")
             else:
                 self.store.save_bytes(item.index, item.png, item.record)
-                tracker.frame(item.index, item.record.get("loss"))
+                reporter.frame(item.index, item.record.get("loss"))
         return store_frame
 
 
@@ -480,8 +400,8 @@ class _Joins:
                         self._resolved.add(seam)
                         decided.append((seam, ok))
             self.waiter.end(error)  # (its seams are still counted: the job is not done yet)
-            for seam, run in decided:
-                if run:
+            for seam, go in decided:
+                if go:
                     self.submit(seam)
                 else:  # the job fails or stops: this seam is never joined
                     self.flow.joined(seam)

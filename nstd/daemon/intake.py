@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from nstd.config import Config, merge_overrides
+from nstd.config import Config
+from nstd.config_files import merge_overrides
 from nstd.daemon.jobspec import check_job, kind_of
 from nstd.daemon.maskfiles import MASKS_KEY, check_masks, parse_masks
 from nstd.errors import ConfigError, InputError, UsageError

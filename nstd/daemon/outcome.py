@@ -38,7 +38,6 @@ from nstd.daemon.ledger import Job, Ledger, content_key
 from nstd.errors import InputError, OutputError
 from nstd.faults import failpoint
 from nstd.media import files as fsutil
-from nstd.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +114,7 @@ def verify_output(path: Path, kind: str, limits: LimitsConfig,
             expected_frames = video.count_frames(source)
         except InputError as exc:
             raise OutputError(f"cannot check {path.name} against its source ({exc})") from None
-    if not video.verify_video(path, expected_frames, progress):  # raises OutputError: why
-        raise OutputError(f"the output {path.name} does not have the expected "
-                          f"{plural(expected_frames, 'frame')}")
+    video.verify_video(path, expected_frames, progress)  # raises OutputError saying why
 
 
 # --------------------------------------------------------------------------- moving files

@@ -8,13 +8,14 @@ the line protocol of `nstd.daemon.jobspec`. This is the only place of the daemon
 imports torch: the supervisor starts in a fraction of a second and stays small, and a decoder
 segfault, an OOM kill or a hung driver call here costs a worker, not the service.
 
-A job (`execute`): check an existing output (`verify_existing`), or decide explicitly whether
-a video's stored frames can be reused (their fingerprint against this job's), run
-`nstd.pipeline.run_job` on the *linked* source, verify the output, report ``published``. Every
-callback of the work (probe and plan passes, frames, iterations, the output check) becomes a
-progress or heartbeat event, at most about one per second: the supervisor kills a worker
-silent for longer than ``daemon.stall_seconds``, so nothing here beats a heartbeat from a
-timer thread (that would hide a wedged main thread).
+A job (`execute`) is `nstd.daemon.lifecycle.run` with `nstd.pipeline.run_job` on the *linked*
+source as its work: the lifecycle checks an existing output, verifies the result and reports
+how the job ended; whether a video's stored frames can be resumed is decided where the frame
+store is opened (their fingerprint against this job's). Every callback of the work (probe and
+plan passes, frames, iterations, the output check) becomes a progress or heartbeat event, at
+most about one per second (`lifecycle.Reporter`): the supervisor kills a worker silent for
+longer than ``daemon.stall_seconds``, so nothing here beats a heartbeat from a timer thread
+(that would hide a wedged main thread).
 
 Signals: the supervisor's "stop" message, or a SIGINT/SIGTERM sent to the worker itself (a
 Ctrl-C in a terminal reaches the whole process group; under systemd's KillMode=mixed only
@@ -26,232 +27,69 @@ pipe closes, or PR_SET_PDEATHSIG), the worker exits at once: a job must never ru
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import logging
 import os
 import queue
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from nstd.config import Config, parse_config
 from nstd.daemon.jobspec import JobSpec, decode, encode
-from nstd.errors import (
-    InputError,
-    Interrupted,
-    NstdError,
-    OutOfMemoryError,
-    OutputError,
-    TransientError,
-)
-from nstd.faults import failpoint
+from nstd.daemon.lifecycle import Done, Reporter, run
+from nstd.errors import NstdError, TransientError
 from nstd.logs import keep_one_line
-from nstd.series import Series
 from nstd.signals import StopFlag
 from nstd.text import plural
 
 log = logging.getLogger("nstd.worker")
 
 Emit = Callable[[dict[str, Any]], None]
-EVENT_SECONDS = 1.0  # progress and heartbeat events, at most this often (final ones always)
-
-
-class _Reporter:
-    """Turns the work's callbacks into throttled events for one job."""
-
-    def __init__(self, job_id: int, emit: Emit, clock: Callable[[], float] = time.monotonic):
-        self.job_id = job_id
-        self.emit = emit
-        self.clock = clock
-        self.last = float("-inf")
-        self.last_beat = float("-inf")
-        self.decoding = False
-        self.preview: Any = None  # nstd.daemon.preview.Preview when daemon.http is on
-        self.losses = Series()  # a video's frame losses so far (the page's sparkline)
-
-    def _due(self) -> bool:
-        now = self.clock()
-        if now - self.last < EVENT_SECONDS:
-            return False
-        self.last = now
-        return True
-
-    def heartbeat(self) -> None:
-        failpoint("job.heartbeat")
-        # Its own throttle, and only when nothing else went out for a second: sharing
-        # `_due` with `stage` let the per-iteration heartbeats starve a video's frame events
-        # (progress stayed at "starting" until the last frame).
-        now = self.clock()
-        if now - max(self.last, self.last_beat) >= EVENT_SECONDS:
-            self.last_beat = now
-            self.emit({"event": "heartbeat", "job": self.job_id})
-
-    def stage(self, stage: str, done: int, total: int, eta: float | None = None,
-              *, final: bool = False) -> None:
-        if final or self._due():
-            if final:
-                self.last = self.clock()
-            event = {"event": "progress", "job": self.job_id, "stage": stage,
-                     "done": done, "total": total, "eta": eta}
-            if stage == "frame":
-                event["losses"] = [float(f"{v:.4g}") for v in self.losses.values()]
-            self.emit(event)
-
-    def packets(self, stage: str, total: int) -> Callable[[int], None]:
-        """A per-packet callback (probe, output check)."""
-        def report(count: int) -> None:
-            if not self.decoding:
-                self.decoding = True
-                failpoint("worker.decode")
-            self.stage(stage, count, max(count, total))
-        return report
-
-    def progress(self, p: Any) -> None:  # a nstd.progress.JobProgress
-        if p.unit == "plan":
-            if not self.decoding:
-                self.decoding = True
-                failpoint("worker.decode")
-            failpoint("plan.frame")
-        else:
-            failpoint("job.progress")
-            if p.unit == "frame":
-                failpoint("video.frame")
-                if p.loss is not None:
-                    self.losses.add(p.loss)
-        final = p.total > 0 and p.done >= p.total and p.unit != "plan"
-        self.stage(p.unit, p.done, p.total, p.eta, final=final)
-        if self.preview is not None and p.unit != "plan":
-            self.preview.update(p.unit, p.done)
-
-
-class _NameTaken(NstdError):
-    """The recorded output name holds a file that is not this job's result."""
-
-
-def classify(exc: BaseException, stopping: bool) -> tuple[str, str]:
-    """(kind, reason) of a job's failure; see `nstd.daemon.jobspec` for the kinds."""
-    if isinstance(exc, _NameTaken):
-        return "name_taken", str(exc)
-    if isinstance(exc, Interrupted):
-        return ("stopped" if stopping else "transient"), str(exc)
-    if isinstance(exc, OutOfMemoryError) or _is_cuda_oom(exc):
-        text = str(exc) if isinstance(exc, OutOfMemoryError) else f"out of GPU memory ({exc})"
-        return "oom", text
-    if isinstance(exc, (TransientError, OutputError)):
-        return "transient", str(exc)
-    if isinstance(exc, InputError):
-        return "input", str(exc)
-    if isinstance(exc, NstdError):
-        return "permanent", str(exc)
-    if isinstance(exc, OSError):  # I/O trouble (a full or read-only disk...): may pass
-        where = f" ({exc.filename})" if exc.filename else ""
-        return "transient", f"{exc.strerror or exc}{where}"
-    return "permanent", f"unexpected error: {type(exc).__name__}: {exc}"
-
-
-def _is_cuda_oom(exc: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    return isinstance(oom, type) and isinstance(exc, oom)
 
 
 def execute(spec: JobSpec, engines: Any, emit: Emit, should_stop: Callable[[], bool],
             runner: Callable[..., Any] | None = None) -> None:
-    """Run one job and report how it ended (``published`` or ``failed``); never raises
-    (except BaseException such as KeyboardInterrupt)."""
-    reporter = _Reporter(spec.job_id, emit)
+    """Run one job in this process and report how it ended (`nstd.daemon.lifecycle.run`):
+    `nstd.pipeline.run_job` (or `runner`, in tests) on the linked source, with this
+    worker's cached network; never raises (except BaseException such as KeyboardInterrupt)."""
+    reporter = Reporter(spec.job_id, emit)
     if (spec.config.get("daemon") or {}).get("http"):  # the status page shows a live preview
         from nstd.daemon.preview import Preview
 
         reporter.preview = Preview.for_spec(spec)
-    try:
-        failpoint("worker.job")
-        summary = _run(spec, engines, reporter, should_stop, runner)
-    except Exception as exc:  # noqa: BLE001 - every failure is an event for the supervisor
-        kind, reason = classify(exc, should_stop())
-        log.debug("job %d failed", spec.job_id, exc_info=True)
-        emit({"event": "failed", "job": spec.job_id, "kind": kind, "reason": reason})
-        if kind == "oom":
-            _free_cuda()
-        return
-    emit({"event": "published", "job": spec.job_id, "output": spec.output,
-          "summary": summary})
 
+    def work(config: Config, reporter: Reporter) -> Done:
+        run_job = runner
+        if run_job is None:
+            from nstd.pipeline import run_job
+        report = run_job(_request(spec, config), engines.stylizer(config),
+                         progress=reporter.progress, should_stop=should_stop,
+                         heartbeat=reporter.heartbeat)
+        return Done(_summary(report), (report.extra or {}).get("frames"))
 
-def _run(spec: JobSpec, engines: Any, reporter: _Reporter, should_stop: Callable[[], bool],
-         runner: Callable[..., Any] | None) -> str:
-    from nstd.daemon import outcome
-
-    config = parse_config(spec.config)
-    source, output = Path(spec.source), Path(spec.output)
-    limits = config.limits
-    if spec.verify_existing:  # published by an earlier attempt that did not get to report
-        try:
-            outcome.verify_output(output, spec.kind, limits, source=source,
-                                  progress=reporter.packets("verify", 0))
-        except OutputError as exc:
-            raise _NameTaken(f"{output} is not a complete result of this job ({exc})") from None
-        return "already published"
-    request = _request(spec, config)
-    request = dataclasses.replace(request,
-                                  restart=spec.restart or _stale_frames(spec, config, reporter))
-    if runner is None:
-        from nstd.pipeline import run_job as runner
-    started = time.monotonic()
-    report = runner(request, engines.stylizer(config), progress=reporter.progress,
-                    should_stop=should_stop, heartbeat=reporter.heartbeat)
-    expected = (report.extra or {}).get("frames")
-    try:
-        outcome.verify_output(output, spec.kind, limits, expected_frames=expected,
-                              source=source, progress=reporter.packets("verify", expected or 0))
-    except OutputError:
-        from nstd.media import files as fsutil
-
-        fsutil.remove_quietly(output)
-        raise
-    return _summary(report, time.monotonic() - started)
+    run(spec, emit, should_stop, work, reporter=reporter,
+        on_failed=lambda kind: _free_cuda() if kind == "oom" else None)
 
 
 def _request(spec: JobSpec, config: Config) -> Any:
     """The engine's `JobRequest` for a daemon job: its styles at equal weight (each in its
-    own region when the job has masks)."""
+    own region when the job has masks). Stored frames made with other settings are replaced
+    (`FrameStore.open` decides, from the fingerprint), matching ones resumed."""
     from nstd.job import JobRequest  # imports torch: only in a worker that runs a job
 
     return JobRequest(source=Path(spec.source), output=Path(spec.output),
                       styles=tuple(Path(s) for s in spec.styles),
                       blend=(1.0,) * len(spec.styles), config=config,
-                      work_dir=Path(spec.work_dir), masks=tuple(Path(m) for m in spec.masks))
+                      work_dir=Path(spec.work_dir), masks=tuple(Path(m) for m in spec.masks),
+                      restart=spec.restart, replace_stale=True)
 
 
-def _stale_frames(spec: JobSpec, config: Config, reporter: _Reporter) -> bool:
-    """Were this video's stored frames made with other settings or input? Decided by the
-    frame store's fingerprint against this job's (explicitly: nothing is inferred from an
-    error). Frames that do not match are discarded by the run; matching ones are resumed."""
-    if spec.kind != "video":
-        return False
-    from nstd.media.container import probe_video
-    from nstd.temporal.frames import fingerprint, output_size
-    from nstd.temporal.store import FrameStore
-
-    stored = FrameStore.stored_fingerprint(Path(spec.work_dir))
-    if stored is None:
-        return False
-    info = probe_video(spec.source, config.limits, progress=reporter.packets("probe", 0))
-    request = _request(spec, config)
-    size = output_size(info.width, info.height, config.style.max_side)
-    if stored == fingerprint(request, info, size):
-        return False
-    log.info("%s: stored frames were made with other settings; starting over", spec.name)
-    return True
-
-
-def _summary(report: Any, seconds: float) -> str:
+def _summary(report: Any) -> str:
     extra = getattr(report, "extra", None) or {}
-    parts = [f"{seconds:.1f} s"]
+    parts = []
     if "frames" in extra:
         parts.append(plural(extra["frames"], "frame"))
         if extra.get("frames_resumed"):

@@ -20,8 +20,6 @@ Conventions (shared with the pipeline and nstd/temporal/ewarp.py):
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -33,11 +31,9 @@ __all__ = [
     "FlowEstimator",
     "Motion",
     "Prior",
-    "Segment",
     "consistency_mask",
     "estimate_motion",
     "is_scene_cut",
-    "plan_segments",
     "scene_cut_score",
     "thumbnail",
     "warp",
@@ -384,57 +380,3 @@ def is_scene_cut(
 ) -> bool:
     """True when `scene_cut_score(a, b)` exceeds ``threshold`` (0..1; higher fires less)."""
     return scene_cut_score(a, b) > threshold
-
-
-# --------------------------------------------------------------------------------------------
-# Segments
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Frames ``start`` .. ``stop - 1`` of a video, stylized as one unit of work.
-
-    ``cold_start``: True at the first frame and after each scene cut (full cold-start
-    treatment, nothing warped in); False for a segment split off only because of the maximum
-    length, whose first frame is initialized from the stored last frame of the previous segment.
-    """
-
-    start: int
-    stop: int
-    cold_start: bool
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-def plan_segments(
-    cut_indices: Sequence[int], frame_count: int, max_segment_frames: int
-) -> list[Segment]:
-    """Split a video into segments at scene cuts and at a maximum length.
-
-    Args:
-        cut_indices: indices of frames that start a new shot (frame i where
-            ``is_scene_cut(frame[i-1], frame[i])``); order and duplicates do not matter,
-            0 is implied.
-        frame_count: number of frames in the video (>= 0).
-        max_segment_frames: longest segment in frames; 0 = no limit.
-
-    Returns:
-        Segments covering ``range(frame_count)`` in order, without gaps or overlaps.
-    """
-    if frame_count < 0:
-        raise ValueError(f"frame_count must be >= 0, got {frame_count}")
-    if max_segment_frames < 0:
-        raise ValueError(f"max_segment_frames must be >= 0, got {max_segment_frames}")
-    bad = [i for i in cut_indices if not 0 <= i < frame_count]
-    if bad:
-        raise ValueError(f"cut indices {bad} are outside 0..{frame_count - 1}")
-    if frame_count == 0:
-        return []
-    starts = sorted({0, *cut_indices})
-    segments: list[Segment] = []
-    for shot_start, shot_stop in zip(starts, [*starts[1:], frame_count], strict=True):
-        step = max_segment_frames or (shot_stop - shot_start)
-        for start in range(shot_start, shot_stop, step):
-            segments.append(Segment(start, min(start + step, shot_stop), start == shot_start))
-    return segments

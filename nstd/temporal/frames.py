@@ -1,7 +1,7 @@
 """The video job: a temporally stable stylized video, resumable frame by frame.
 
-    probe (limits) -> plan (one fast decode pass: exact frame count, scene cuts, segments;
-    stored in the work folder) -> for each frame, in order:
+    `nstd.temporal.videojob.open_video_job`: probe (limits) -> plan (one fast decode pass:
+    exact frame count, scene cuts; stored in the work folder) -> for each frame, in order:
         stored already?  load it (resume)                         -- no work redone
         cold (first frame, scene cut, flow unusable)?  coarse-to-fine, style.iterations
         warm?  init from the previous stylized frame (warped along the flow of the *input*
@@ -12,8 +12,8 @@
                (video.init 'content' starts nothing warm: such frames get the cold budget)
         hand the frame to the store+encode thread: stored losslessly (the resume point),
         then encoded
-    -> encoder closes a temp file in the output folder -> verify frame count -> rename
-    -> delete the work folder.
+    -> encoder closes a temp file in the output folder -> `videojob.publish_video`: verify
+    frame count -> rename -> delete the work folder.
 
 Decoding runs ahead in a thread, the flow for frame t+1 is computed while the engine works on
 frame t, and storing and encoding run behind in a thread; all queues are bounded, so memory
@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from nstd.engine.stylizer import Bounds, StyleTarget, Stylizer, TemporalTerm
-from nstd.errors import InputError, Interrupted, OutputError
+from nstd.errors import Interrupted, OutputError
 from nstd.eta import FrameEta
 from nstd.job import (
     Heartbeat,
@@ -52,20 +52,16 @@ from nstd.job import (
 from nstd.media import container as video
 from nstd.media import files as fsutil
 from nstd.progress import JobProgress
-from nstd.temporal import plan as planning
 from nstd.temporal.bounds import input_change, prior_bounds
 from nstd.temporal.flow import FlowEstimator, Motion, Prior, estimate_motion, warp_prior
-from nstd.temporal.plan import output_size, plan_video
+from nstd.temporal.plan import HISTORY_FRAMES
 from nstd.temporal.seam import SeamFrame, pull_weight
-from nstd.temporal.store import FrameStore
+from nstd.temporal.videojob import PlanProgress, VideoSources, open_video_job, publish_video
 from nstd.text import plural
 from nstd.threads import Drain, Prefetch
 
 log = logging.getLogger(__name__)
 
-# Frames of history a range keeps (and a resumed range decodes again before its first new
-# frame): the previous frame is what a warm frame starts from.
-HISTORY_FRAMES = 5
 # Below this fraction of reliable pixels the warped previous frame is mostly wrong (a cut the
 # planner missed, a whip pan): start the frame cold instead of dragging garbage along.
 MIN_RELIABLE_FRACTION = 0.2
@@ -137,12 +133,6 @@ def default_work_dir(output: Path) -> Path:
     return output.with_name(f".{output.name}.nstd-work")
 
 
-def fingerprint(request: JobRequest, info: video.VideoInfo, size: tuple[int, int]) -> dict:
-    """Everything the stored frames depend on (`nstd.temporal.plan.fingerprint`)."""
-    return planning.fingerprint(request.source, request.styles, request.blend, request.config,
-                                info, size, request.masks)
-
-
 def stylize_video_file(
     request: JobRequest,
     stylizer: Stylizer,
@@ -151,56 +141,49 @@ def stylize_video_file(
     should_stop: StopCheck | None,
     heartbeat: Heartbeat | None = None,
 ) -> JobReport:
-    config = request.config
-    info = video.probe_video(request.source, config.limits)
-    size = output_size(info.width, info.height, config.style.max_side)
-    work = request.work_dir or default_work_dir(request.output)
-    store = FrameStore.open(work, fingerprint(request, info, size), restart=request.restart)
-    if store.plan is None:
-        try:
-            store.save_plan(plan_video(request.source, info, config,
-                                       _plan_progress(progress, heartbeat, info)))
-        except InputError:
-            store.remove()  # a broken input leaves nothing behind, work folder included
-            raise
-    plan = store.plan
-    assert plan is not None
-    frame_count = int(plan["frames"])
-    cold_frames = {int(s["start"]) for s in plan["segments"] if s["cold_start"]}
-    already = store.stored_count()
+    what = VideoSources(request.source, request.styles, request.blend, request.masks)
+    job = open_video_job(what, request.config, request.work_dir or default_work_dir(request.output),
+                         restart=request.restart, replace_stale=request.replace_stale,
+                         plan_progress=_plan_progress(progress, heartbeat))
+    already = job.store.stored_count()
     if already:
         log.info("%s: resuming, %d of %d frames already stored", request.source.name, already,
-                 frame_count)
-
-    loop = FrameLoop(request, stylizer, target, store, size, cold_frames, frame_count,
-                     progress, should_stop, heartbeat)
+                 job.frames)
+    loop = FrameLoop(request, stylizer, target, job.store, job.size, job.cold_frames(),
+                     job.frames, progress, should_stop, heartbeat)
     tmp = fsutil.temp_path_for(request.output)
     try:
-        loop.run(tmp, info)
-        if not video.verify_video(tmp, frame_count):
-            raise OutputError(f"{request.output.name}: the encoded video does not have the "
-                              f"expected {plural(frame_count, 'frame')}")
-        fsutil.publish(tmp, request.output, overwrite=request.overwrite)
+        loop.run(tmp, job.info)
+        publish_video(job, tmp, request.output, overwrite=request.overwrite)
     finally:
         fsutil.remove_quietly(tmp)
-    summary = loop.summary()
-    store.remove()
-    return summary
+    return loop.summary()
 
 
-def _plan_progress(progress: ProgressCallback | None, heartbeat: Heartbeat | None,
-                   info: video.VideoInfo) -> video.PacketProgress:
+def _plan_progress(progress: ProgressCallback | None,
+                   heartbeat: Heartbeat | None) -> PlanProgress:
     """The plan pass's per-frame report: a heartbeat, and JobProgress in unit 'plan'."""
     started = time.monotonic()
 
-    def report(count: int) -> None:
+    def report(count: int, total: int) -> None:
         if heartbeat is not None:
             heartbeat()
         if progress is not None:
-            progress(JobProgress(done=count, total=max(count, info.frame_count), unit="plan",
+            progress(JobProgress(done=count, total=total, unit="plan",
                                  elapsed=time.monotonic() - started))
 
     return report
+
+
+@dataclass
+class _WarmStart:
+    """How one frame starts: its mode ('cold', or video.init), the start image (None: the
+    content), the temporal box and any seam pulls."""
+
+    mode: str
+    init: torch.Tensor | None = None
+    bounds: Bounds | None = None
+    terms: list[TemporalTerm] = field(default_factory=list)
 
 
 class FrameLoop:
@@ -266,10 +249,13 @@ class FrameLoop:
         writer = video.VideoWriter(tmp, info, self.size, crf=self.video_cfg.crf,
                                    preset=self.video_cfg.preset)
 
+        encoded, started = [0], time.monotonic()
+
         def store_and_encode(item: StylizedFrame) -> None:
             if item.record is not None:  # a new frame: its resume point first
                 self.store.save(item.index, item.rgb, item.record)
             writer.write(np.round(item.rgb * 255.0).astype(np.uint8), item.pts)
+            encoded[0] += 1
 
         # Storing (16-bit PNG + fsync) and encoding run behind the engine in one thread, in
         # frame order: the engine never waits for the disk. A frame still queued when the
@@ -277,6 +263,9 @@ class FrameLoop:
         encoder: Drain[StylizedFrame] = Drain(store_and_encode, depth=4, name="store+encode")
         try:
             self.run_range(info, FrameRange.whole(self.frame_count), encoder.put)
+            if self.progress is not None:  # every frame made: what is left is the encoder's
+                self.progress(JobProgress(done=encoded[0], total=self.frame_count,
+                                          unit="encode", elapsed=time.monotonic() - started))
             encoder.close()
             writer.close()
         except BaseException:
@@ -350,77 +339,84 @@ class FrameLoop:
     def _stylize(self, frame: video.Frame,
                  motion: FrameMotion | None) -> tuple[np.ndarray, dict[str, Any]]:
         content = to_tensor(frame.rgb)
-        cfg = self.video_cfg
-        cold = frame.index in self.cold_frames or not self.history
-        terms: list[TemporalTerm] = []
-        init = None
-        bounds = None
-        mode = "cold"
-        if not cold and motion is not None and motion.short is not None and \
-                float(motion.short.mask.mean()) < MIN_RELIABLE_FRACTION:
-            log.info("frame %d: only %.0f%% of pixels can be followed from the previous frame; "
-                     "starting it cold", frame.index, 100 * float(motion.short.mask.mean()))
-            cold = True
-        if not cold:
-            previous_input, previous = self.history[-1]
-            prior = self._prior(motion, previous)
-            shift = None
-            if motion is not None and motion.short is not None:
-                # The start follows a fade or a change of light too (`input_change`).
-                shift = input_change(previous_input, frame.rgb, motion.short.flow_bw)
-                prior = Prior(np.clip(prior.warped + shift, 0.0, 1.0), prior.mask)
-            mode = cfg.init
-            if cfg.init == "warped":
-                init = to_tensor(prior.warped)
-            elif cfg.init == "previous":
-                init = to_tensor(previous)
-            seam = self.anchors.get(frame.index)
-            if seam is not None:
-                # A seam pass: start from the blend, pulled towards the chain's warped previous
-                # frame and towards both units' frames; unboxed, since it must travel from one
-                # unit's texture to the other's within the overlap.
-                init = to_tensor(seam.start)
-                weight = pull_weight(self.reference)
-                ones = torch.ones(1, 1, *seam.start.shape[:2])
-                terms = [TemporalTerm(to_tensor(prior.warped),
-                                      torch.from_numpy(prior.mask)[None, None], weight)]
-                terms += [TemporalTerm(to_tensor(a), ones, share * weight)
-                          for a, share in seam.pulls]
-            elif cfg.temporal_tolerance is not None and motion is not None \
-                    and motion.short is not None:
-                lo, hi = prior_bounds(previous, prior.warped, motion.short.flow_bw, prior.mask,
-                                      cfg.temporal_tolerance, shift)
-                bounds = Bounds(to_tensor(lo), to_tensor(hi))
-        target = None
-        if not cold and cfg.frame_target > 0 and self.reference is not None:
-            target = cfg.frame_target * self.reference
+        cold = self._starts_cold(frame, motion)
+        start = _WarmStart("cold") if cold else self._warm_start(frame, motion)
         if cold:
             self.shot_start = frame.index
             result = self.stylizer.run(content, self.target, progress=self.tick)
-        elif init is None:
+            self.reference = result.final_loss
+        elif start.init is None:
             # init 'content': nothing carries over, so the frame needs the cold budget (this is
             # the independent per-frame baseline, whatever video.frame_iterations says).
-            result = self.stylizer.run(content, self.target, temporal=terms, progress=self.tick,
-                                       bounds=bounds)
+            result = self.stylizer.run(content, self.target, temporal=start.terms,
+                                       progress=self.tick, bounds=start.bounds)
         else:
             # Warm: at most frame_iterations, ending as soon as the shot's quality is reached
             # (easy frames stop after a few evaluations, new content gets more) or the loss
             # stops moving.
-            result = self.stylizer.run(content, self.target, init=init,
+            cfg = self.video_cfg
+            target = None
+            if cfg.frame_target > 0 and self.reference is not None:
+                target = cfg.frame_target * self.reference
+            result = self.stylizer.run(content, self.target, init=start.init,
                                        iterations=cfg.frame_iterations, coarse_to_fine=False,
-                                       temporal=terms, progress=self.tick,
+                                       temporal=start.terms, progress=self.tick,
                                        tolerance=cfg.frame_tolerance,
                                        tolerance_window=cfg.frame_tolerance_window,
-                                       bounds=bounds, target_loss=target)
-        if cold:
-            self.reference = result.final_loss
+                                       bounds=start.bounds, target_loss=target)
         # The engine's 'total' excludes any temporal term, so a frame's loss compares across
         # modes: it is the frame's final_loss.
         record = {"loss": result.final_loss, "losses": dict(result.losses),
                   "iterations": result.iterations,
                   "initial_loss": result.initial_loss, "final_loss": result.final_loss,
-                  "mode": mode, "seconds": result.seconds, "reference": self.reference}
+                  "mode": start.mode, "seconds": result.seconds, "reference": self.reference}
         return to_array(result.image), record
+
+    def _starts_cold(self, frame: video.Frame, motion: FrameMotion | None) -> bool:
+        """A shot's first frame, the first of a range, or one the flow cannot follow."""
+        if frame.index in self.cold_frames or not self.history:
+            return True
+        if motion is not None and motion.short is not None and \
+                float(motion.short.mask.mean()) < MIN_RELIABLE_FRACTION:
+            log.info("frame %d: only %.0f%% of pixels can be followed from the previous frame; "
+                     "starting it cold", frame.index, 100 * float(motion.short.mask.mean()))
+            return True
+        return False
+
+    def _warm_start(self, frame: video.Frame, motion: FrameMotion | None) -> _WarmStart:
+        """Where a warm frame starts (video.init) and what holds it near the previous
+        stylized frame: the per-pixel box (`nstd.temporal.bounds`), or a seam pass's pulls."""
+        cfg = self.video_cfg
+        previous_input, previous = self.history[-1]
+        prior = self._prior(motion, previous)
+        shift = None
+        if motion is not None and motion.short is not None:
+            # The start follows a fade or a change of light too (`input_change`).
+            shift = input_change(previous_input, frame.rgb, motion.short.flow_bw)
+            prior = Prior(np.clip(prior.warped + shift, 0.0, 1.0), prior.mask)
+        start = _WarmStart(cfg.init)
+        if cfg.init == "warped":
+            start.init = to_tensor(prior.warped)
+        elif cfg.init == "previous":
+            start.init = to_tensor(previous)
+        seam = self.anchors.get(frame.index)
+        if seam is not None:
+            # A seam pass: start from the blend, pulled towards the chain's warped previous
+            # frame and towards both units' frames; unboxed, since it must travel from one
+            # unit's texture to the other's within the overlap.
+            start.init = to_tensor(seam.start)
+            weight = pull_weight(self.reference)
+            ones = torch.ones(1, 1, *seam.start.shape[:2])
+            start.terms = [TemporalTerm(to_tensor(prior.warped),
+                                        torch.from_numpy(prior.mask)[None, None], weight)]
+            start.terms += [TemporalTerm(to_tensor(a), ones, share * weight)
+                            for a, share in seam.pulls]
+        elif cfg.temporal_tolerance is not None and motion is not None \
+                and motion.short is not None:
+            lo, hi = prior_bounds(previous, prior.warped, motion.short.flow_bw, prior.mask,
+                                  cfg.temporal_tolerance, shift)
+            start.bounds = Bounds(to_tensor(lo), to_tensor(hi))
+        return start
 
     def _prior(self, motion: FrameMotion | None, previous: np.ndarray) -> Prior:
         """The previous stylized frame carried onto this one, with where to trust it."""

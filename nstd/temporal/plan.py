@@ -2,9 +2,10 @@
 
     output_size   the stylized frame size
     fingerprint   everything stored frames depend on (a change forbids mixing them in)
-    plan_video    one decode pass: exact frame count, scene cuts, each frame's pts, segments
-    plan_units    the units of work for several workers (`nstd.cluster`): shots, long shots
-                  split with an overlap, longest first
+    plan_video    one decode pass: exact frame count, scene cuts, each frame's pts
+    plan_units    the one cut of a video into units of work: shots, long shots split with an
+                  overlap (`nstd.cluster`), longest first; a local run is the case without
+                  splits (`cold_frames`: where its shots start)
     unit_cut      the unit length and overlap to cut with: those recorded at first planning
 """
 
@@ -12,17 +13,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nstd.config import ClusterConfig, Config, to_mapping
 from nstd.media import container as video
 from nstd.media import files as fsutil
-from nstd.temporal.flow import is_scene_cut, plan_segments, thumbnail
+from nstd.temporal.flow import is_scene_cut, thumbnail
 from nstd.text import plural
 
 log = logging.getLogger(__name__)
+
+# Frames of history a range keeps (and a resumed range or unit decodes again before its first
+# new frame): the previous frame is what a warm frame starts from.
+HISTORY_FRAMES = 5
 
 
 def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -60,7 +65,7 @@ def fingerprint(source: Path, styles: Sequence[Path], blend: Sequence[float], co
 def plan_video(source: Path, info: video.VideoInfo, config: Config,
                progress: video.PacketProgress | None = None) -> dict[str, Any]:
     """One decode pass: the exact frame count (truncation is caught here, before any
-    stylization), the scene cuts, hence the segments, and each frame's pts (a unit of work
+    stylization), the scene cuts, and each frame's pts (a unit of work
     seeks to its first frame by it; the encoder stamps frames by it). ``progress`` gets the
     frames decoded so far, per frame (an hour of video plans for minutes). The unit cut of
     the configuration is recorded with it (`unit_cut`)."""
@@ -78,12 +83,10 @@ def plan_video(source: Path, info: video.VideoInfo, config: Config,
         count += 1
         if progress is not None:
             progress(count)
-    segments = plan_segments(cuts, count, config.cluster.max_unit_frames)
-    log.info("%s: %s, %s, %s", source.name, plural(count, "frame"),
-             plural(len(cuts), "scene cut"), plural(len(segments), "segment"))
-    return {"frames": count, "cuts": cuts, "segments": [asdict(s) for s in segments],
-            "pts": pts, "unit_cut": {"max_unit_frames": config.cluster.max_unit_frames,
-                                     "unit_overlap": config.cluster.unit_overlap}}
+    log.info("%s: %s, %s", source.name, plural(count, "frame"), plural(len(cuts), "scene cut"))
+    return {"frames": count, "cuts": cuts, "pts": pts,
+            "unit_cut": {"max_unit_frames": config.cluster.max_unit_frames,
+                         "unit_overlap": config.cluster.unit_overlap}}
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,12 @@ def plan_units(plan: dict[str, Any], max_segment_frames: int, overlap: int) -> l
             first = max(shot_start, start - overlap) if k else start
             units.append(Unit(first, start, stop))
     return sorted(units, key=lambda u: (-len(u), u.start))
+
+
+def cold_frames(plan: dict[str, Any]) -> set[int]:
+    """The frames that start cold in a run without splits (a local worker, the CLI): the
+    first frame of every shot, i.e. of every unit of ``plan_units(plan, 0, 0)``."""
+    return {unit.first for unit in plan_units(plan, 0, 0)}
 
 
 def unit_cut(plan: dict[str, Any], cluster: ClusterConfig) -> tuple[int, int]:

@@ -12,6 +12,7 @@ mixed in: opening a folder whose fingerprint differs is refused unless `restart`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from nstd.errors import UsageError
+from nstd.errors import StaleFramesError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -28,6 +29,8 @@ FORMAT_VERSION = 1
 # the config's cluster: section): dropped when a stored fingerprint is read, so frames stored
 # before the move are still resumed.
 _NOT_FRAME_KEYS = ("max_segment_frames", "segment_overlap")
+
+log = logging.getLogger(__name__)
 
 
 class FrameStore:
@@ -42,11 +45,13 @@ class FrameStore:
 
     @classmethod
     def open(cls, root: Path, fingerprint: dict[str, Any], *, restart: bool = False,
-             restart_hint: str = "rerun with --restart to start over") -> FrameStore:
-        """Open (or create) the work folder for a job with this `fingerprint`.
+             replace_stale: bool = False) -> FrameStore:
+        """Open (or create) the work folder for a job with this `fingerprint`: the one place
+        that decides whether stored frames may be resumed.
 
-        Raises UsageError when the folder holds frames made from different settings or input,
-        unless `restart` is true, in which case those frames are deleted first.
+        Frames made with a different fingerprint are deleted first when `restart` or
+        `replace_stale` is true, and refused with StaleFramesError (naming what changed)
+        otherwise. `restart` deletes matching frames too.
         """
         manifest_path = root / MANIFEST
         if manifest_path.is_file():
@@ -57,12 +62,15 @@ class FrameStore:
             stored = _current((manifest or {}).get("fingerprint"))
             if manifest is not None and stored == fingerprint and not restart:
                 return cls(root, manifest)
-            if manifest is not None and stored != fingerprint and not restart:
+            if manifest is not None and stored != fingerprint:
                 changed = sorted(k for k in set(stored or {}) | set(fingerprint)
                                  if (stored or {}).get(k) != fingerprint.get(k))
-                raise UsageError(
-                    f"{root} holds frames made with other settings or input "
-                    f"(changed: {', '.join(changed) or 'format'}); {restart_hint}")
+                what = ", ".join(changed) or "format"
+                if not (restart or replace_stale):
+                    raise StaleFramesError(f"{root} holds frames made with other settings or "
+                                           f"input (changed: {what})")
+                log.info("%s: stored frames were made with other settings (changed: %s); "
+                         "starting over", root, what)
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
@@ -89,7 +97,7 @@ class FrameStore:
 
     @property
     def plan(self) -> dict[str, Any] | None:
-        """The video plan stored by the first run (frame count, segments), or None."""
+        """The video plan stored by the first run (frame count, cuts, pts, unit cut), or None."""
         return self.manifest.get("plan")
 
     def save_plan(self, plan: dict[str, Any]) -> None:
@@ -114,17 +122,12 @@ class FrameStore:
         The PNG is renamed into place before the JSON, and `has` needs both, so a crash
         between the two leaves a frame that is simply recomputed.
         """
-        pixels = np.round(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:  # pragma: no cover - OpenCV failing to encode a plain array
-            raise OSError(f"could not encode frame {index} as PNG")
-        _write_atomic(self._frame_path(index), encoded.tobytes())
+        _write_atomic(self._frame_path(index), encode_png(rgb))
         _write_atomic(self._frame_path(index, ".json"), json.dumps(record).encode())
 
     def load(self, index: int) -> np.ndarray:
         """Frame `index` as (H, W, 3) float32 RGB in [0, 1]."""
-        return _decode16(self._frame_path(index))
+        return _read_png(self._frame_path(index))
 
     def record(self, index: int) -> dict[str, Any]:
         return json.loads(self._frame_path(index, ".json").read_text())
@@ -160,7 +163,7 @@ class FrameStore:
 
     def load_side(self, index: int, side: str) -> np.ndarray:
         """Side frame `index` as (H, W, 3) float32 RGB in [0, 1]."""
-        return _decode16(self._side_path(index, side))
+        return _read_png(self._side_path(index, side))
 
     def frame_bytes(self, index: int, side: str | None = None) -> bytes | None:
         """The stored PNG of frame `index` (or of a side frame), None when missing."""
@@ -175,14 +178,34 @@ class FrameStore:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _decode16(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+def encode_png(rgb: np.ndarray, bits: int = 16) -> bytes:
+    """(H, W, 3) float32 RGB in [0, 1] -> RGB PNG bytes, 16 bits per channel (the store's
+    format: lossless at the optimizer's precision) or 8 (``cluster.wire_format: png8``: the
+    precision the H.264 encoder keeps). The one frame codec of the project: the store, the
+    Ray actors and the wire all use it."""
+    top = 65535.0 if bits == 16 else 255.0
+    pixels = np.round(np.clip(rgb, 0.0, 1.0) * top).astype(np.uint16 if bits == 16
+                                                              else np.uint8)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV failing to encode a plain array
+        raise OSError("could not encode a frame as PNG")
+    return data.tobytes()
+
+
+def decode_png(data: bytes | np.ndarray, what: str = "a frame") -> np.ndarray:
+    """16- or 8-bit RGB PNG bytes -> (H, W, 3) float32 RGB in [0, 1]; OSError naming
+    ``what`` when the bytes are not such a PNG. 8-bit: a frame an actor sent with
+    ``cluster.wire_format: png8`` (stored as it came)."""
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.dtype not in (np.uint16, np.uint8) or pixels.ndim != 3:
-        raise OSError(f"stored frame {path} is damaged")
-    # 8-bit: a frame an actor sent with cluster.wire_format: png8 (stored as it came).
+        raise OSError(f"{what} is not an RGB PNG (damaged)")
     top = 65535.0 if pixels.dtype == np.uint16 else 255.0
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB).astype(np.float32) / top
+
+
+def _read_png(path: Path) -> np.ndarray:
+    return decode_png(np.fromfile(path, dtype=np.uint8), f"stored frame {path}")
 
 
 def _current(fingerprint: Any) -> Any:

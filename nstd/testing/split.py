@@ -81,9 +81,9 @@ def run_split(source: Path, output: Path, work: Path, config: Config, stylizer: 
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    from nstd.cluster.actor import encode_png16
+    from nstd.temporal.store import encode_png
 
-    return encode_png16(rgb)
+    return encode_png(rgb)
 
 
 def seam_pairs(units: list[Any], fade: bool) -> set[int]:
