@@ -72,7 +72,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from nstd.config import Config, apply_override, parse_config, to_mapping  # noqa: E402
+from nstd.config import Config, parse_config, to_mapping  # noqa: E402
+from nstd.config_files import apply_override  # noqa: E402
 from nstd.engine.features import VGGFeatures  # noqa: E402
 from nstd.engine.losses import content_loss, gram_matrix, style_loss, tv_loss  # noqa: E402
 from nstd.engine.stylizer import Stylizer, build_stylizer  # noqa: E402

@@ -35,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout
 
-from nstd.config import apply_override, parse_config  # noqa: E402
+from nstd.config import parse_config  # noqa: E402
+from nstd.config_files import apply_override  # noqa: E402
 from nstd.engine.stylizer import build_stylizer  # noqa: E402
 from nstd.job import JobRequest, to_tensor  # noqa: E402
 from nstd.media import container as video  # noqa: E402

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from nstd.config import apply_override, parse_config  # noqa: E402
+from nstd.config import parse_config  # noqa: E402
+from nstd.config_files import apply_override  # noqa: E402
 from nstd.engine.stylizer import build_stylizer  # noqa: E402
 from nstd.job import JobRequest  # noqa: E402
 from nstd.pipeline import run_job  # noqa: E402
