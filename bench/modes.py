@@ -12,8 +12,9 @@ the stylized size. Each clip is stylized by nstd's video job once per mode:
   default      the shipped video settings
 
 and the table gives, per clip and size: E_warp of the encoded output (`nstd eval-temporal`'s
-figure) beside the source's own, mean frame loss (content+style+tv of each frame, the job's
-own figure) and network evaluations per frame, and four bars for the default:
+figure, with the pairs across the clip's hard cuts left out) beside the source's own, mean
+frame loss (content+style+tv of each frame, the job's own figure) and network evaluations per
+frame, and four bars for the default:
 E_warp <= 0.1x independent, loss <= 1.0x independent, E_warp <= 1.3x the source's, and at most
 1/3 of independent frames' evaluations. `--mode NAME:KEY=VALUE,...` replaces the modes (e.g.
 an older release's keys); `--reuse earlier.json` takes the rows of modes not run now from an
@@ -40,7 +41,7 @@ from nstd.engine.stylizer import build_stylizer  # noqa: E402
 from nstd.job import JobRequest  # noqa: E402
 from nstd.pipeline import run_job  # noqa: E402
 from nstd.temporal.ewarp import evaluate_videos  # noqa: E402
-from nstd.testing.clips import MOTIONS, write_scene_clip  # noqa: E402
+from nstd.testing.clips import MOTIONS, hard_cuts, write_scene_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODES = {
@@ -66,21 +67,22 @@ def parse_modes(specs: list[str]) -> dict[str, list[str]]:
     return modes
 
 
-def run_mode(clip: Path, out: Path, style: Path, mapping: dict[str, Any], stylizer: Any
-             ) -> dict[str, Any]:
+def run_mode(clip: Path, out: Path, style: Path, mapping: dict[str, Any], stylizer: Any,
+             new_shots: list[int]) -> dict[str, Any]:
     config = parse_config(mapping)
     started = time.perf_counter()
     report = run_job(JobRequest(source=clip, output=out, styles=(style,), blend=(1.0,),
                                 config=config, overwrite=True, work_dir=out.with_suffix(".work"),
                                 restart=True), stylizer)
     seconds = time.perf_counter() - started
-    temporal = evaluate_videos(clip, out)
+    temporal = evaluate_videos(clip, out, new_shots)  # pairs across the clip's cuts left out
     frames = report.extra["frames"]
     row = {"ewarp": temporal["ewarp"], "source_ewarp": temporal["source_ewarp"],
            "mean_frame_loss": report.extra["mean_frame_loss"],
            "evaluations_per_frame": report.iterations / frames,
            "seconds_per_frame": seconds / frames, "frames": frames,
-           "cold_frames": report.extra.get("cold_frames")}
+           "cold_frames": report.extra.get("cold_frames"),
+           "pairs_across_cuts_left_out": temporal["pairs_across_cuts"]}
     if "per_frame" in report.extra:
         row["per_frame"] = report.extra["per_frame"]
     return row
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 if stylizer is None or stylizer.style != config.style:  # a mode may change it
                     stylizer = build_stylizer(config.model, config.style)
                 rows[name] = run_mode(clip, args.out / f"{key}-{name}.mp4", args.style,
-                                      mapping, stylizer)
+                                      mapping, stylizer, hard_cuts(motion, args.frames))
                 shown = {k: v for k, v in rows[name].items() if k != "per_frame"}
                 say(f"{key} {name}: {json.dumps(shown)}")
             if "independent" in rows and "default" in rows:

@@ -145,3 +145,14 @@ def test_evaluate_videos_refuses_bad_inputs(tmp_path: Path) -> None:
     junk.write_bytes(b"not a video at all" * 10)
     with pytest.raises(InputError, match="junk.mp4"):
         evaluate_videos(junk, source)
+
+
+def test_pairs_across_a_known_cut_are_left_out(tmp_path: Path) -> None:
+    # Two shots of different texture: across the cut there is nothing to be consistent with.
+    frames = moving(4, seed=1) + moving(4, seed=2)
+    source = write_clip(tmp_path / "source.mkv", frames)
+    flicker = write_clip(tmp_path / "flicker.mkv", add_noise(frames, 12))
+    everything = evaluate_videos(source, flicker)
+    within = evaluate_videos(source, flicker, new_shots={4})
+    assert (everything["pairs"], within["pairs"], within["pairs_across_cuts"]) == (7, 6, 1)
+    assert within["source_ewarp"] < everything["source_ewarp"]

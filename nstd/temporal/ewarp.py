@@ -17,7 +17,11 @@ One deliberate difference from their code: pixels whose flow leaves the frame ar
 too (their resampler clamps to the border, so such pixels are compared with replicated edge
 content and punish even a perfect output when the camera pans).
 If a pair has no reliable pixel at all (sum(M_t) = 0, e.g. across a scene cut with nothing
-matched), E_t = 0, as in their code.
+matched), E_t = 0, as in their code. Pairs across a hard cut whose frame is known (a clip made
+with known shots, `new_shots`) are not pairs of one shot and are left out: there is nothing
+for an output to stay consistent with there, yet the flow still finds some "reliable" pixels
+and their error would dominate the mean (on the panel's cuts clip, 3 such pairs made the
+source's own E_warp 200x that of a clip without cuts).
 
 Sizes: everything is compared at the size of the output frames (stylized outputs are often
 smaller than the source, limited by ``style.max_side``): source frames are resized to it
@@ -28,7 +32,7 @@ measured at that size as well.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -115,9 +119,12 @@ class WarpingErrorMeter:
         self.last: list[float] = []  # E_t of the latest pair, per output (seam figures)
         self.frames = 0
         self.pairs = 0
+        self.skipped = 0  # pairs across a known cut, left out
 
-    def add(self, source: np.ndarray, *outputs: np.ndarray) -> None:
-        """Add frame t: ``source`` uint8 (H, W, 3) RGB and each output uint8 (h, w, 3) RGB."""
+    def add(self, source: np.ndarray, *outputs: np.ndarray, new_shot: bool = False) -> None:
+        """Add frame t: ``source`` uint8 (H, W, 3) RGB and each output uint8 (h, w, 3) RGB.
+        ``new_shot``: frame t starts a new shot (a known hard cut): the pair (t-1, t) is left
+        out."""
         if self._size is None:
             first = outputs[0] if outputs else source
             self._size = (first.shape[1], first.shape[0])
@@ -126,7 +133,9 @@ class WarpingErrorMeter:
             raise ValueError(f"expected {len(self._sums)} outputs per frame, got {len(outputs)}")
         grey = cv2.cvtColor(_fit(source, self._size), cv2.COLOR_RGB2GRAY)
         outs = [_fit(o, self._size).astype(np.float32) / 255.0 for o in outputs]
-        if self._prev_grey is not None:
+        if self._prev_grey is not None and new_shot:
+            self.skipped += 1
+        elif self._prev_grey is not None:
             flow_fw = farneback_flow(self._prev_grey, grey)
             flow_bw = farneback_flow(grey, self._prev_grey)
             mask = lai_mask(flow_fw, flow_bw)
@@ -219,13 +228,16 @@ def _iter_rgb(path: Path) -> Iterator[np.ndarray]:
             raise InputError(f"{path}: cannot be decoded to the end ({exc})") from exc
 
 
-def evaluate_videos(source_path: Path | str, stylized_path: Path | str) -> dict[str, Any]:
+def evaluate_videos(source_path: Path | str, stylized_path: Path | str,
+                    new_shots: Collection[int] = ()) -> dict[str, Any]:
     """E_warp of a stylized video and of its source (the floor), in one streaming pass.
+    ``new_shots``: the frames that start a shot (known hard cuts); the pairs ending on them
+    are left out.
 
     Returns:
-        {"ewarp": float, "source_ewarp": float, "pairs": int, "frames": int,
-         "width": int, "height": int} — width/height: the size compared at (the stylized
-        video's).
+        {"ewarp": float, "source_ewarp": float, "pairs": int, "pairs_across_cuts": int,
+         "frames": int, "width": int, "height": int} — width/height: the size compared at
+        (the stylized video's).
 
     Raises:
         InputError: a file is not a decodable video, the frame counts differ, or < 2 frames.
@@ -234,11 +246,13 @@ def evaluate_videos(source_path: Path | str, stylized_path: Path | str) -> dict[
     meter = WarpingErrorMeter()
     pairs = _paired(_iter_rgb(source_path), _iter_rgb(stylized_path),
                     str(source_path), str(stylized_path))
-    for src, out in pairs:
+    for index, (src, out) in enumerate(pairs):
         # The source as a second "output": its own E_warp, at the same size, same flow.
-        meter.add(src, out, _fit(src, (out.shape[1], out.shape[0])))
+        meter.add(src, out, _fit(src, (out.shape[1], out.shape[0])),
+                  new_shot=index in new_shots)
     ewarp, source_ewarp = meter.values()
     log.debug("E_warp %.6f (source %.6f) over %d pairs", ewarp, source_ewarp, meter.pairs)
     width, height = meter.size or (0, 0)
     return {"ewarp": ewarp, "source_ewarp": source_ewarp, "pairs": meter.pairs,
-            "frames": meter.frames, "width": width, "height": height}
+            "pairs_across_cuts": meter.skipped, "frames": meter.frames, "width": width,
+            "height": height}

@@ -122,6 +122,15 @@ def scene_frames(motion: str, frames: int, size: tuple[int, int], seed: int = 0
         yield np.clip(noisy, 0, 255).astype(np.uint8)
 
 
+def hard_cuts(motion: str, frames: int) -> list[int]:
+    """The frames of a panel clip that start a new shot (the cuts clip's scene changes; the
+    fade's dissolve and the fade to black are not cuts)."""
+    if motion != "cuts":
+        return []
+    return [t for t in range(1, frames)
+            if min(3, (4 * t) // max(1, frames)) != min(3, (4 * (t - 1)) // max(1, frames))]
+
+
 def _fade(frame: np.ndarray, t: int, frames: int, other: np.ndarray, size: tuple[int, int],
           centre: tuple[float, float]) -> np.ndarray:
     """Fade to black and back around a third of the clip; dissolve to `other` at two thirds."""
