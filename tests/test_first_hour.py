@@ -430,4 +430,4 @@ def test_status_json_gives_the_busy_workers_device(tmp_path: Path) -> None:
     assert rig.ran == ["a.png"]
     busy = seen[0]
     assert busy["state"] == "busy" and busy["source"] == "a.png"
-    assert busy["device"] == "inline"  # what nstd.daemon.worker.InlineWorker says at "ready"
+    assert busy["device"] == "inline"  # what nstd.daemon.inline.InlineWorker says at "ready"

@@ -237,8 +237,8 @@ def test_a_file_that_keeps_growing_is_never_taken_and_is_logged(
     check_folders(config)
     clock = [1000.0]
     ledger = Ledger.open(ledger_path(config.daemon.state))
+    from nstd.daemon.inline import InlineBackend
     from nstd.daemon.pool import WorkerPlan
-    from nstd.daemon.worker import InlineBackend
 
     daemon = Daemon(config, ledger, backend=InlineBackend(object(), lambda *a, **k: None),
                     plans=[WorkerPlan(None, 1)], clock=lambda: clock[0],

@@ -271,7 +271,7 @@ def steps_of(ledger: Ledger, read: Callable[[], Any]) -> int:
 def reader_costs(path: Path, state: Path) -> dict[str, int]:
     """What each status reader costs in SQLite steps, read as the daemon and the CLI do."""
     with Ledger.open(path) as ledger:
-        supervisor = SimpleNamespace(ledger=ledger, _slots=[])
+        supervisor = SimpleNamespace(ledger=ledger, workers=tuple)
         costs = {"/api/status.json": steps_of(ledger, lambda: snapshot(supervisor)),
                  "/metrics": steps_of(ledger, lambda: metrics.render(supervisor))}
     with Ledger.open(path, readonly=True) as reader:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import errno
 import logging
 import os
 import queue
@@ -141,6 +142,10 @@ def classify(exc: BaseException, stopping: bool) -> tuple[str, str]:
     if isinstance(exc, OutOfMemoryError) or _is_cuda_oom(exc):
         text = str(exc) if isinstance(exc, OutOfMemoryError) else f"out of GPU memory ({exc})"
         return "oom", text
+    if _no_space(exc):  # the job waits for room, without counting an attempt
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return "no_space", f"{text}{where}"
     if isinstance(exc, (TransientError, OutputError)):
         return "transient", str(exc)
     if isinstance(exc, InputError):
@@ -151,6 +156,18 @@ def classify(exc: BaseException, stopping: bool) -> tuple[str, str]:
         where = f" ({exc.filename})" if exc.filename else ""
         return "transient", f"{exc.strerror or exc}{where}"
     return "permanent", f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _no_space(exc: BaseException) -> bool:
+    """ENOSPC, raised as such or as the cause of a `TransientError` (a full outbox)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -377,51 +394,6 @@ def main() -> int:
             spec = JobSpec.from_dict(message["spec"])
             execute(spec, engines, channel.emit, channel.should_stop)
     return 0
-
-
-# --------------------------------------------------------------------------- in-process backend
-
-
-class InlineWorker:
-    """A worker inside the supervisor's own process, for unit tests that step the supervisor
-    by hand: a job sent is run at once, synchronously, its events delivered before `send`
-    returns. The product path is `nstd.daemon.pool.WorkerProcess`."""
-
-    def __init__(self, deliver: Emit, engines: Any, runner: Callable[..., Any] | None,
-                 should_stop: Callable[[], bool]) -> None:
-        self._deliver = deliver
-        self._engines = engines
-        self._runner = runner
-        self._should_stop = should_stop
-        self.pid = os.getpid()
-        self.returncode: int | None = None
-        deliver({"event": "ready", "device": "inline", "pid": self.pid})
-
-    def send(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "job":
-            execute(JobSpec.from_dict(message["spec"]), self._engines, self._deliver,
-                    self._should_stop, self._runner)
-        elif message.get("type") == "stop":
-            self.returncode = 0
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def kill(self) -> None:
-        self.returncode = -signal.SIGKILL
-
-
-class InlineBackend:
-    """`spawn(index, plan, deliver)` for the supervisor: `InlineWorker`s."""
-
-    def __init__(self, engines: Any, runner: Callable[..., Any] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
-        self.engines = engines
-        self.runner = runner
-        self.should_stop = should_stop
-
-    def spawn(self, index: int, plan: Any, deliver: Emit, *, first: bool = True) -> InlineWorker:
-        return InlineWorker(deliver, self.engines, self.runner, self.should_stop)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     rig.clock.t = local_time(2026, 1, 1, 23, 0)
     rig.start(); rig.drop("a.png"); rig.step(); rig.step(rig.settle + 0.01)
 
-The worker is `nstd.daemon.worker.InlineBackend` with a stand-in for `run_job` that writes a
+The worker is `nstd.daemon.inline.InlineBackend` with a stand-in for `run_job` that writes a
 small image (or first does ``rig.action(request, kwargs)``). Same idea as tests/test_daemon.py's
 rig, shared by tests/test_schedule.py and tests/test_hooks.py.
 """
@@ -21,11 +21,11 @@ import numpy as np
 from watchdog.events import FileCreatedEvent
 
 from nstd.config import Config, parse_config
+from nstd.daemon.inline import InlineBackend
 from nstd.daemon.ledger import Ledger, ledger_path
 from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.startup import check_folders
 from nstd.daemon.supervisor import Supervisor
-from nstd.daemon.worker import InlineBackend
 from nstd.testing.media import write_test_image
 
 
@@ -52,12 +52,15 @@ class FakeEngines:
 
 
 class SteppedSite:
-    """Folders under ``root``, a supervisor on them; ``daemon`` keys override the config."""
+    """Folders under ``root``, a supervisor on them; ``daemon`` keys override the config.
+    ``free_space``: the supervisor's free-space function (default: the real one)."""
 
     settle = 1.0
 
-    def __init__(self, root: Path, **daemon: Any) -> None:
+    def __init__(self, root: Path, free_space: Callable[[Path], int] | None = None,
+                 **daemon: Any) -> None:
         self.root = root
+        self.free_space = free_space
         (root / "styles").mkdir(exist_ok=True)
         write_test_image(root / "styles" / "mosaic.png", size=(16, 16), seed=1)
         settings = {"settle_seconds": self.settle, "rescan_seconds": 600.0, "max_attempts": 3,
@@ -84,9 +87,10 @@ class SteppedSite:
 
     def new_daemon(self) -> Supervisor:
         backend = InlineBackend(FakeEngines(), self.runner, lambda: self.daemon.stop_requested)
+        extra = {} if self.free_space is None else {"free_space": self.free_space}
         return Supervisor(self.config, self.ledger, backend=backend,
                           plans=[WorkerPlan(None, 1)], clock=self.clock,
-                          monotonic=self.clock, watch=False)
+                          monotonic=self.clock, watch=False, **extra)
 
     def start(self) -> None:
         self.daemon.start(self.clock.t)
