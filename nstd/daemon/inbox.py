@@ -7,6 +7,10 @@ it has settled (`StabilityTracker`); the files whose job is queued, running or d
 remembered by (size, mtime_ns), so a rescan does not hash them again. A file that failed as
 unreadable or truncated is held (still known) and looked at again after a while: a copy that
 paused is not a broken file.
+
+Left alone (logged once, never moved): symlinks, FIFOs and devices, names that are not media,
+folders nested deeper than `nstd.daemon.watch.MAX_DEPTH`, files still changing, and zero-byte
+files (usually a copy that has not started writing; taken once they have content).
 """
 
 from __future__ import annotations

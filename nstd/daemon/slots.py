@@ -23,7 +23,7 @@ from nstd.daemon.backend import Backend, WorkerHandle
 from nstd.daemon.jobspec import JobSpec
 from nstd.daemon.ledger import Job, Ledger
 from nstd.daemon.pool import WorkerPlan
-from nstd.daemon.space import Need
+from nstd.daemon.space import Need, SpaceGuard, stored_frames
 from nstd.progress import format_duration
 from nstd.text import plural
 
@@ -273,6 +273,17 @@ class WorkerSlots:
                 waits.append(slot.restart_at - mono)
         return waits
 
+    def stop_all(self, grace: float, monotonic: Callable[[], float]) -> None:
+        """Wait up to ``grace`` seconds in all for the workers (told to stop) to end; kill
+        those that do not."""
+        deadline = monotonic() + grace
+        for slot in self.slots:
+            handle = slot.handle
+            if handle is not None and handle.wait(max(0.0, deadline - monotonic())) is None:
+                log.warning("%s (pid %s) did not stop; killing it", slot.name, handle.pid)
+                handle.kill()
+                handle.wait(5.0)
+
     def tell(self, message: dict[str, Any]) -> None:
         """Send ``message`` to every live worker."""
         for slot in self.slots:
@@ -288,6 +299,19 @@ class WorkerSlots:
             slot.parked = slot.job.id
             log.info("%s: %s %s", slot.name, why, slot.job.source)
             slot.handle.send({"type": "park"})
+
+    def park_short(self, space: SpaceGuard, mono: float) -> None:
+        """Every CHECK_SECONDS: a running job without room for what it still has to write
+        is parked between frames (stored frames kept, no attempt counted)."""
+        if not space.running_check_due(mono):
+            return
+        for slot in self.slots:
+            if slot.state == "busy" and slot.need is not None and slot.job is not None:
+                stored = slot.done if slot.stage == "frame" else stored_frames(slot.job)
+                shortage = space.short_for(slot.need, stored)
+                if shortage is not None:
+                    self.park(slot, f"{shortage.describe()}: stopping")
+                    space.wait_for(shortage, mono)
 
     def record(self, write: Callable[..., Any], *args: Any) -> None:
         """A write that may fail while a job runs (progress, lease): logged once, ignored."""

@@ -38,8 +38,10 @@ from typing import Any
 
 from nstd.config import Config
 from nstd.daemon.hooks import Event, Hooks
+from nstd.daemon.intake import job_config
 from nstd.daemon.jobspec import kind_of
 from nstd.daemon.ledger import Job
+from nstd.errors import ConfigError
 
 log = logging.getLogger("nstd.daemon.supervisor")
 
@@ -78,6 +80,15 @@ def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     longest = max(width, height, 1)
     scale = min(1.0, max_side / longest)
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def job_need(job: Job, config: Config, inbox: Path) -> Need:
+    """`estimate` for a queued job, with its own settings (``style.max_side``...)."""
+    try:
+        config = job_config(config, job.settings, inbox)
+    except ConfigError:
+        pass  # the claim reports it
+    return estimate(inbox / job.source, config)
 
 
 def estimate(path: Path, config: Config) -> Need:
@@ -135,6 +146,14 @@ class SpaceGuard:
         self.free = free
         self.waiting: Shortage | None = None
         self.next_check = float("-inf")
+        self._next_running_check = float("-inf")
+
+    def running_check_due(self, mono: float) -> bool:
+        """True every CHECK_SECONDS: time to look at the running jobs' room."""
+        if mono < self._next_running_check:
+            return False
+        self._next_running_check = mono + CHECK_SECONDS
+        return True
 
     def _demands(self, need: Need, stored: int) -> list[Shortage]:
         """Each filesystem's free bytes against what it must keep (reserve + the rest of

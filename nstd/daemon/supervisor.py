@@ -4,35 +4,20 @@
     daemon.run()          # start(), then step() until stop is requested, then stop()
 
 `step(now)` does one unit of work, as huey's consumer does, so tests drive it with a fake
-clock: drain watch events into the `StabilityTracker`, rescan the inbox when due, queue the
-files that settled, then claim jobs for the idle workers. Signal handlers only call
-`request_stop()` (a flag, plus a wake-up for the idle wait); the CLI installs them.
+clock: take in watch events and worker messages, queue the files that settled, check the
+workers, then claim jobs for the idle ones. Signal handlers only call `request_stop()` (a
+flag, plus a wake-up for the idle wait); the CLI installs them.
 
 This module is the loop and a job's life in it; the rest has a module each: `inbox` (the
-watch, rescans, stability, known files, rechecks of unreadable files), `queueing` (a settled
-file becomes a job), `claim` (a claimed job's `JobSpec`, its output name), `slots` (worker
-places: spawn, stall kill, restart backoff, live progress, the snapshot the status page
-reads), `failures` (attempts, shrink-or-fail, failed/), `space` (free disk space), `status`
-(the STATUS= line and the watchdog ping), `backend` (what runs the workers).
+watch, rescans, settling, known files, rechecks), `queueing` (a settled file becomes a job;
+exactly once across kill -9), `claim` (a claimed job's `JobSpec` and output name), `slots`
+(workers: spawn, stall kill, restart backoff, progress, the status page's snapshot),
+`endings` and `failures` (published, retried, shrunk or failed for good), `space` (free disk
+space), `status` (STATUS= and the watchdog), `startup` (clean-up after a crash), `backend`.
 
-Exactly once, across kill -9 at any point:
-- the output path is chosen and recorded in the ledger before anything is published (`claim`);
-- the source is moved only after the job is marked done, and a source found in the inbox whose
-  job is done or failed (killed between the two) is moved then, never processed again
-  (`queueing`);
-- a video's stored frames live in `daemon.work/<job id>`, so a restarted job resumes;
-- temp files of ours left in the outbox, done/ and failed/ are removed at start.
-
-Failures (`failures`): retried with backoff, with a smaller memory budget, or failed for good;
-`Interrupted` after a stop request puts the job back without counting the attempt. When the
-ledger itself cannot be written (``sqlite3.Error``: the disk is full), nothing is decided
-about the job: the loop pauses (1 s, doubling to a minute), then puts the job back and goes on.
-A job short of disk space (`space`), or that failed with ENOSPC, waits without counting an
-attempt and resumes by itself once there is room.
-
-Left alone (logged once, never moved): symlinks, FIFOs and devices, names that are not media,
-folders nested deeper than `nstd.daemon.watch.MAX_DEPTH`, files still changing, and zero-byte files
-(usually a copy that has not started writing; taken once they have content).
+When the ledger itself cannot be written (``sqlite3.Error``: the disk is full), nothing is
+decided about the job: the loop pauses (1 s, doubling to a minute), then puts the job back
+and goes on. A job short of disk space waits without counting an attempt.
 
 Outside `daemon.active_hours` or after `nstd pause` (`nstd.daemon.schedule.WorkGate`), files
 are still queued but nothing is claimed, and each busy worker is sent "park" once: its job
@@ -57,7 +42,7 @@ from nstd.daemon.endings import Endings
 from nstd.daemon.failures import Failures
 from nstd.daemon.hooks import Event, Hooks
 from nstd.daemon.inbox import Inbox
-from nstd.daemon.intake import job_config, user_name
+from nstd.daemon.intake import user_name
 from nstd.daemon.ledger import Job, Ledger
 from nstd.daemon.notify import SystemdNotifier
 from nstd.daemon.pool import ProcessBackend, WorkerPlan, describe_exit, plan_workers
@@ -65,18 +50,9 @@ from nstd.daemon.queueing import Queueing
 from nstd.daemon.schedule import WorkGate
 from nstd.daemon.schedule import describe as describe_pause
 from nstd.daemon.slots import Message, Slot, WorkerSlots, WorkerView
-from nstd.daemon.space import (
-    CHECK_SECONDS,
-    FreeSpace,
-    Need,
-    SpaceGuard,
-    estimate,
-    free_bytes,
-    stored_frames,
-)
+from nstd.daemon.space import FreeSpace, Need, SpaceGuard, free_bytes, job_need, stored_frames
 from nstd.daemon.startup import recover
 from nstd.daemon.status import SystemdStatus, healthy, status_line
-from nstd.errors import ConfigError
 from nstd.faults import failpoint
 from nstd.progress import format_duration
 from nstd.text import plural
@@ -141,7 +117,6 @@ class Supervisor:
         self.gate = WorkGate(d.active_hours, d.state)
         self.hooks = hooks if hooks is not None else Hooks.from_config(config)
         self.space = SpaceGuard(config, self.hooks, free_space)
-        self._next_space_check = float("-inf")
         self.failures = Failures(config, ledger, self.inbox_watch, self.hooks, clock=clock,
                                  monotonic=monotonic)
         self.queueing = Queueing(config, ledger, self.inbox_watch, self.failures)
@@ -221,15 +196,7 @@ class Supervisor:
         self._stopping = True
         self.notifier.stopping("stopping")
         self._tell_stop()
-        deadline = self._mono() + STOP_GRACE_SECONDS
-        for slot in self.slots:
-            handle = slot.handle
-            if handle is None:
-                continue
-            if handle.wait(max(0.0, deadline - self._mono())) is None:
-                log.warning("%s (pid %s) did not stop; killing it", slot.name, handle.pid)
-                handle.kill()
-                handle.wait(5.0)
+        self.slots.stop_all(STOP_GRACE_SECONDS, self._mono)
         self.backend.close()
         self.inbox_watch.stop_observer()
         self.space.clear_status()
@@ -275,7 +242,7 @@ class Supervisor:
         self._check_workers(now, mono)
         if self._stopping or mono < self._paused_until:
             return None
-        self._check_running_space(mono)
+        self.slots.park_short(self.space, mono)
         if self._hold(now) or self.space.blocked(mono):  # active_hours, `nstd pause`, space
             self._set_status()
             return None
@@ -453,8 +420,9 @@ class Supervisor:
             job = self.ledger.claim(now, self.config.daemon.lease_seconds)
             if job is None:
                 break
-            need = self._room_for(job, now, mono)
-            if need is None:  # put back, waiting for disk space
+            need = job_need(job, self.config, self.inbox)
+            if not self.space.admit(need, stored_frames(job), mono, job.source):
+                self.ledger.release(job.id, now)  # no attempt counted: it waits for room
                 break
             worked = True
             if self._work_since is None:
@@ -478,33 +446,6 @@ class Supervisor:
         slot.need = need
         slot.handle.send({"type": "job", "spec": spec.to_dict()})
         self._drain(now, mono)  # an in-process worker has already finished
-
-    def _room_for(self, job: Job, now: float, mono: float) -> Need | None:
-        """What the claimed ``job`` will write, or None when there is no room for it: then
-        it is put back (no attempt counted) and the daemon waits for space."""
-        try:
-            config = job_config(self.config, job.settings, self.inbox)
-        except ConfigError:
-            config = self.config  # the claim reports it
-        need = estimate(self.inbox / job.source, config)
-        if self.space.admit(need, stored_frames(job), mono, job.source):
-            return need
-        self.ledger.release(job.id, now)
-        return None
-
-    def _check_running_space(self, mono: float) -> None:
-        """Every CHECK_SECONDS: a running job without room for what it still has to write
-        is parked between frames (stored frames kept, no attempt counted)."""
-        if mono < self._next_space_check:
-            return
-        self._next_space_check = mono + CHECK_SECONDS
-        for slot in self.slots:
-            if slot.state == "busy" and slot.need is not None and slot.job is not None:
-                stored = slot.done if slot.stage == "frame" else stored_frames(slot.job)
-                shortage = self.space.short_for(slot.need, stored)
-                if shortage is not None:
-                    self.slots.park(slot, f"{shortage.describe()}: stopping")
-                    self.space.wait_for(shortage, mono)
 
     # ----------------------------------------------------------------- systemd
 
