@@ -15,8 +15,9 @@ from PIL import Image
 from watchdog.events import FileCreatedEvent
 
 from nstd.config import parse_config
-from nstd.daemon.ledger import _MIGRATIONS, Ledger, ledger_path
+from nstd.daemon.ledger import Ledger, ledger_path
 from nstd.daemon.maskfiles import is_mask_name
+from nstd.daemon.schema import MIGRATIONS
 from nstd.daemon.watch import is_candidate_name
 from nstd.temporal.plan import fingerprint
 from nstd.testing.media import write_test_image
@@ -153,7 +154,7 @@ def test_mask_files_are_never_jobs() -> None:
 def test_a_version_1_ledger_gains_the_masks_column_and_keeps_its_jobs(tmp_path: Path) -> None:
     path = ledger_path(tmp_path)
     db = sqlite3.connect(path)
-    db.executescript(_MIGRATIONS[0])
+    db.executescript(MIGRATIONS[0])
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version (version) VALUES (1)")
     db.execute("INSERT INTO jobs (source, content_key, style, settings, state, created) "

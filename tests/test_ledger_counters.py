@@ -20,8 +20,9 @@ import pytest
 from nstd.cli.daemon import status_data
 from nstd.daemon import tally
 from nstd.daemon.jobspec import kind_of
-from nstd.daemon.ledger import _MIGRATIONS, SCHEMA_VERSION, STATES, Ledger, ledger_path
+from nstd.daemon.ledger import SCHEMA_VERSION, STATES, Ledger, ledger_path
 from nstd.daemon.reasons import reason_class, reason_sql
+from nstd.daemon.schema import MIGRATIONS
 from nstd.daemon.tally import Tally, kind_sql
 from nstd.errors import NstdError
 from nstd.web import metrics
@@ -145,7 +146,7 @@ def write_version_2_ledger(path: Path, now: float) -> None:
     """A ledger as nstd with schema version 2 left it: jobs in every state, no counters."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
-    for script in _MIGRATIONS[:2]:
+    for script in MIGRATIONS[:2]:
         db.executescript(script)
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version (version) VALUES (2)")
