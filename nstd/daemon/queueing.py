@@ -21,6 +21,7 @@ from nstd.daemon.intake import relative_source, take
 from nstd.daemon.ledger import Ledger, content_key
 from nstd.daemon.watch import log_once, regular_signature
 from nstd.errors import InputError
+from nstd.faults import failpoint
 
 log = logging.getLogger("nstd.daemon.supervisor")
 
@@ -34,6 +35,17 @@ class Queueing:
         self.ledger = ledger
         self.inbox = inbox
         self.failures = failures
+
+    def queue_settled(self, now: float, mono: float) -> None:
+        """Queue each file the tracker says has settled; one file's trouble is logged and
+        never stops the others (nor the daemon)."""
+        for path in self.inbox.tracker.due(mono):
+            failpoint("intake.settled")
+            try:
+                self.queue_file(path, now)
+            except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
+                log.error("could not queue %s: %s: %s", path, type(exc).__name__, exc)
+                log.debug("traceback", exc_info=True)
 
     def queue_file(self, path: Path, now: float) -> None:
         inbox = self.inbox

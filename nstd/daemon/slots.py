@@ -224,6 +224,17 @@ class WorkerSlots:
             slot.killed_for = f"no report for {silent:.0f} s: killed as stalled"
             slot.handle.kill()
 
+    def exited(self, slot: Slot, mono: float, *, final: bool) -> Job | None:
+        """Its worker ended: the slot is restarted later, or (``final``: the daemon stops)
+        not; returns the job it ran, if any."""
+        job = slot.job
+        if final:
+            slot.handle, slot.job, slot.spec = None, None, None
+            slot.state = "exited"
+        else:
+            self.down(slot, mono)
+        return job
+
     @staticmethod
     def down(slot: Slot, mono: float) -> None:
         """Its worker died: restarted at once, or after a backoff when it keeps dying

@@ -42,7 +42,6 @@ from nstd.daemon.endings import Endings
 from nstd.daemon.failures import Failures
 from nstd.daemon.hooks import Event, Hooks
 from nstd.daemon.inbox import Inbox
-from nstd.daemon.intake import user_name
 from nstd.daemon.ledger import Job, Ledger
 from nstd.daemon.notify import SystemdNotifier
 from nstd.daemon.pool import ProcessBackend, WorkerPlan, describe_exit, plan_workers
@@ -335,13 +334,7 @@ class Supervisor:
         self.failures.recheck(now, mono)
         if mono >= self.inbox_watch.next_rescan:
             self.inbox_watch.rescan(mono)
-        for path in self.tracker.due(mono):
-            failpoint("intake.settled")
-            try:
-                self.queueing.queue_file(path, now)
-            except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
-                log.error("could not queue %s: %s: %s", path, type(exc).__name__, exc)
-                log.debug("traceback", exc_info=True)
+        self.queueing.queue_settled(now, mono)
 
     # ----------------------------------------------------------------- workers
 
@@ -352,23 +345,15 @@ class Supervisor:
     def _worker_exited(self, slot: Slot, rc: int, now: float, mono: float) -> None:
         failpoint("daemon.worker_died")
         how = slot.killed_for or describe_exit(rc)
-        job = slot.job
+        job = self.slots.exited(slot, mono, final=self._stopping or bool(self.exit_code))
         if self._stopping or self.exit_code:  # stopping, or fatal: no network to load
-            slot.handle, slot.job, slot.spec = None, None, None
-            slot.state = "exited"
             if self._stopping and job is not None:  # killed mid-job during the stop: back
                 self.ledger.release(job.id, now)
-            return
-        self.slots.down(slot, mono)
-        if job is None:
+        elif job is None:
             log.warning("%s died (%s); restarting it", slot.name, how)
-            return
-        log.error("%s died (%s) on %s; restarting it", slot.name, how, job.source)
-        current = self.ledger.get(job.id) or job
-        reason = f"the worker process died ({how})"
-        if current.attempts >= self.config.daemon.max_attempts:
-            reason += f" on this file {plural(current.attempts, 'time')}"
-        self.failures.fail(job, reason, now, permanent=False)
+        else:
+            log.error("%s died (%s) on %s; restarting it", slot.name, how, job.source)
+            self.endings.worker_died(job, how, now)
 
     def _on_message(self, message: Message, now: float, mono: float) -> None:
         taken = self.slots.take(message, now, mono)
@@ -390,16 +375,8 @@ class Supervisor:
         job, spec, need = slot.job, slot.spec, slot.need
         assert job is not None
         slot.free(mono)
-        event = data.get("event")
         try:
-            if event == "published":
-                self.endings.published(job, Path(data.get("output") or ""),
-                                      str(data.get("summary")))
-            elif event == "failed":
-                reason = str(data.get("reason"))
-                if spec is not None:  # the user's name for the file, not the linked copy's
-                    reason = reason.replace(spec.source, user_name(self.inbox, job.source))
-                self.endings.failed(job, str(data.get("kind")), reason, now, mono, need)
+            self.endings.reported(job, spec, data, now, mono, need)
         except sqlite3.Error:
             if self._stranded is None:
                 self._stranded = job.id
