@@ -6,6 +6,7 @@ test (where this machine lets us mount one)."""
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ import pytest
 from watchdog.events import FileCreatedEvent
 
 from nstd import faults
+from nstd.cli.main import main
 from nstd.daemon.hooks import Event
+from nstd.daemon.ledger import DaemonLock, ledger_path
 from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.space import (
     CHECK_SECONDS,
@@ -33,6 +36,8 @@ from nstd.daemon.worker import classify
 from nstd.errors import TransientError
 from nstd.testing.media import write_test_clip
 from nstd.testing.stepped import SteppedSite
+from nstd.web.model import snapshot
+from nstd.web.page import summary
 
 
 class Disk:
@@ -82,6 +87,20 @@ def test_a_job_without_room_waits_uncounted_then_runs_when_space_returns(
     assert rig.ledger.find("a.png").attempts == 1
     assert rig.daemon.space_state() == {"waiting": False} and read_status(rig.state) is None
     assert [e.kind for e in events] == ["disk-low", "done"]
+
+
+def test_nstd_status_and_the_status_page_say_what_the_daemon_waits_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rig, _ = site_with(tmp_path, Disk(free_mb=50))
+    rig.start()
+    rig.queue_files("a.png")
+    want = f"waiting for 101 MB free on {rig.config.daemon.work}"
+    with DaemonLock(ledger_path(rig.state)):  # as a running daemon holds it
+        assert main(["status", "--config", str(rig.config_file())]) == 0
+    assert f"daemon: running (pid {os.getpid()}), {want}" in capsys.readouterr().out
+    data = snapshot(rig.daemon)
+    assert data["space"]["waiting"] is True and data["space"]["text"] == want
+    assert want in summary(data)
 
 
 def test_a_new_shortage_after_space_returned_sends_a_new_event(tmp_path: Path) -> None:
