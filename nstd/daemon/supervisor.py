@@ -421,6 +421,7 @@ class Supervisor:
         assert slot.handle is not None  # an idle slot has its worker
         slot.busy_with(job, spec, mono)
         slot.need = need
+        self.slots.publish()  # the page sees the job from its start
         slot.handle.send({"type": "job", "spec": spec.to_dict()})
         self._drain(now, mono)  # an in-process worker has already finished
 
