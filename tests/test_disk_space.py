@@ -279,3 +279,19 @@ def test_a_real_small_disk_is_measured_and_its_shortage_clears(tmpfs: Path) -> N
     assert guard.blocked(CHECK_SECONDS / 2)
     filler.unlink()
     assert not guard.blocked(CHECK_SECONDS)
+
+
+def test_enospc_again_and_again_with_room_backs_off_with_one_event(tmp_path: Path) -> None:
+    """No inodes or quota left shows as ENOSPC with free space: the job waits longer each
+    time (no attempt counted, one event), and goes on once a write succeeds."""
+    rig, events = site_with(tmp_path, Disk(free_mb=500))
+    rig.start()
+    faults.configure("publish.before_rename=enospc*3")
+    rig.queue_files("a.png")
+    waits = []
+    while rig.ledger.find("a.png").state != "done":
+        assert rig.ledger.find("a.png").attempts == 0
+        waits.append(rig.daemon.space.next_check - rig.clock.t)
+        rig.step(waits[-1])
+    assert waits == [CHECK_SECONDS, 2 * CHECK_SECONDS, 4 * CHECK_SECONDS]
+    assert [e.kind for e in events] == ["disk-low", "done"]

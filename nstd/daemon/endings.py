@@ -68,6 +68,7 @@ class Endings:
 
     def published(self, job: Job, output: Path, summary: str) -> None:
         self.ledger.complete(job.id, str(output), self._clock())
+        self.space.job_done()
         failpoint("daemon.completed")
         log.info("done %s -> %s (%s)", job.source, output, summary)
         self.hooks.emit(Event("done", job.source, str(output), "",

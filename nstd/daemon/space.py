@@ -21,9 +21,9 @@ When short (`SpaceGuard`): the job is not claimed (or its worker is told to park
 outside ``daemon.active_hours``: stored frames are kept), no attempt is counted, one
 ``disk-low`` event goes out, and "waiting for N MB free on <path>" shows in ``nstd status``
 (from `SPACE_STATUS` in the state folder), on the status page and in the STATUS= line. A job
-that fails with ENOSPC anyway is put back the same way, and waits as its claim would have
-(at least `CHECK_SECONDS`). The free space is looked at again every `CHECK_SECONDS`; work
-resumes by itself once there is room.
+that fails with ENOSPC anyway is put back the same way, and waits as its claim would have (or,
+when free space shows room, a while: `SpaceGuard.after_enospc`). The free space is looked at
+again every `CHECK_SECONDS`; work resumes by itself once there is room.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from nstd.daemon.intake import job_config
 from nstd.daemon.jobspec import kind_of
 from nstd.daemon.ledger import Job
 from nstd.errors import ConfigError
+from nstd.progress import format_duration
 
 log = logging.getLogger("nstd.daemon.supervisor")
 
@@ -50,6 +51,7 @@ FRAME_BYTES_PER_PIXEL = 6.0  # a stored frame: 16-bit RGB PNG, bounded by its ra
 VIDEO_BYTES_PER_PIXEL = 0.25  # the encoded video, per frame pixel (2 bits)
 IMAGE_COPIES = 3  # an image job: this many times its raw 16-bit RGB size in the outbox
 CHECK_SECONDS = 5.0  # free space is looked at this often while a job runs or waits
+ENOSPC_WAIT_MAX = 300.0  # ENOSPC again and again while free space shows room: longest wait
 SPACE_STATUS = "space.json"  # in daemon.state while waiting, for `nstd status`
 
 FreeSpace = Callable[[Path], int]  # bytes an unprivileged writer may still use under a path
@@ -147,6 +149,7 @@ class SpaceGuard:
         self.waiting: Shortage | None = None
         self.next_check = float("-inf")
         self._next_running_check = float("-inf")
+        self._enospc_with_room = 0  # ENOSPC in a row while free space showed room
 
     def running_check_due(self, mono: float) -> bool:
         """True every CHECK_SECONDS: time to look at the running jobs' room."""
@@ -187,27 +190,43 @@ class SpaceGuard:
         self.wait_for(shortage, mono)
         return False
 
-    def wait_for(self, shortage: Shortage, mono: float) -> None:
-        """Remember ``shortage``; a new one is logged and sent as a ``disk-low`` event (once
-        per shortage, however many jobs wait)."""
+    def wait_for(self, shortage: Shortage, mono: float, *, seconds: float = CHECK_SECONDS,
+                 announce: bool = True) -> None:
+        """Remember ``shortage`` and look again in ``seconds``; a new one is logged and (with
+        ``announce``) sent as a ``disk-low`` event: once per shortage, however many jobs
+        wait."""
         new = self.waiting is None
         self.waiting = shortage
-        self.next_check = mono + CHECK_SECONDS
+        self.next_check = mono + seconds
         if new:
-            log.warning("%s (%d MB free): no job starts until there is room",
-                        shortage.describe(), shortage.free // MB)
+            if shortage.free < shortage.required:
+                log.warning("%s (%d MB free): no job starts until there is room",
+                            shortage.describe(), shortage.free // MB)
             self._write_status(shortage)
-            self.hooks.emit(Event("disk-low", reason=shortage.describe()))
+            if announce:
+                self.hooks.emit(Event("disk-low", reason=shortage.describe()))
 
     def after_enospc(self, need: Need, stored: int, mono: float) -> None:
-        """A job ran out of space anyway (its estimate was short, or something else filled
-        the disk): wait as its claim would have, and at least CHECK_SECONDS."""
+        """A job ran out of space anyway: its estimate was short, or something else filled
+        the disk. Short now: wait as its claim would have. Room now (a file since deleted,
+        or no inodes or quota left, which free space does not show): wait CHECK_SECONDS,
+        doubling while it goes on (up to `ENOSPC_WAIT_MAX`), with one event for the run."""
         demands = self._demands(need, stored)
         shortage = next((d for d in demands if d.free < d.required), None)
-        if shortage is None and demands:
-            shortage = min(demands, key=lambda d: d.free)
         if shortage is not None:
+            self._enospc_with_room = 0
             self.wait_for(shortage, mono)
+        elif demands:
+            self._enospc_with_room += 1
+            seconds = min(ENOSPC_WAIT_MAX, CHECK_SECONDS * 2 ** (self._enospc_with_room - 1))
+            log.warning("no space left on the disk although free space shows room (no inodes "
+                        "or quota left?); trying again in %s", format_duration(seconds))
+            self.wait_for(min(demands, key=lambda d: d.free), mono, seconds=seconds,
+                          announce=self._enospc_with_room == 1)
+
+    def job_done(self) -> None:
+        """A job was published: the disk takes writes again."""
+        self._enospc_with_room = 0
 
     def blocked(self, mono: float) -> bool:
         """True while waiting for space; looks again every CHECK_SECONDS and clears the
