@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from nstd.cli.main import main as nstd_main  # noqa: E402
 from nstd.config import parse_config  # noqa: E402
 from nstd.daemon.ledger import DaemonLock, Ledger, ledger_path  # noqa: E402
+from nstd.daemon.slots import WorkerView  # noqa: E402
 from nstd.web.server import StatusServer  # noqa: E402
 
 BAR_MS = 100.0
@@ -181,11 +182,10 @@ def measure(root: Path, jobs: int, repeat: int) -> dict[str, Any]:
                                "insert_seconds": round(insert_seconds, 1),
                                "insert_cpu_seconds": round(insert_cpu, 1),
                                "ledger_mib": round(path.stat().st_size / 2**20, 1)}
-    worker = SimpleNamespace(name="worker 1", state="idle", job=None, since=0.0, stage="",
-                             done=0, total=0, eta=None, handle=SimpleNamespace(pid=os.getpid()),
-                             plan=SimpleNamespace(device=None))
+    worker = WorkerView("worker 1", "idle", pid=os.getpid(), device=None, since=0.0)
     with DaemonLock(path), Ledger.open(path) as ledger:
-        server = StatusServer.start(config, SimpleNamespace(ledger=ledger, _slots=[worker]))
+        supervisor = SimpleNamespace(ledger=ledger, workers=lambda: (worker,))
+        server = StatusServer.start(config, supervisor)
         assert server is not None
         try:
             readers: dict[str, Callable[[], Any]] = {

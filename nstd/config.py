@@ -158,6 +158,9 @@ class DaemonConfig:
     rescan_seconds: float = _opt(60.0, "safety-net rescan of the inbox", min=1.0)
     max_attempts: int = _opt(3, "attempts before a job fails for good", min=1)
     retry_backoff_seconds: float = _opt(30.0, "first retry delay, doubled each attempt", min=0.0)
+    min_free_mb: float = _opt(
+        500.0, "MB left free on the work and outbox disks beyond a job's estimated needs; "
+        "short of that, no job starts and a running one stops between frames", min=0.0)
     originals: Literal["move", "keep", "delete"] = _opt(
         "move", "what happens to a source once its result is verified"
     )

@@ -22,6 +22,7 @@ from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
 from nstd.cli.main import main
 from nstd.config import Config, parse_config
 from nstd.daemon import outcome
+from nstd.daemon.inline import InlineBackend
 from nstd.daemon.intake import read_sidecar, resolve_style
 from nstd.daemon.startup import check_folders
 from nstd.errors import (
@@ -260,7 +261,7 @@ def test_a_source_removed_before_it_is_claimed_is_dropped(rig: SteppedSite) -> N
     path = rig.drop("a.png")
     rig.step()
     rig.clock.t += SETTLE + 0.01
-    rig.daemon._intake(rig.clock.t, rig.clock.t)  # queued, not claimed yet
+    rig.daemon.intake(rig.clock.t, rig.clock.t)  # queued, not claimed yet
     path.unlink()
     assert rig.step()
     assert rig.runner.requests == [] and rig.jobs() == []
@@ -492,7 +493,7 @@ def test_ready_status_and_watchdog(root: Path, monkeypatch: pytest.MonkeyPatch) 
     # WATCHDOG=1 on the supervisor's own timer (every half of the ping interval).
     assert rig.daemon.idle_timeout(rig.clock.t, rig.clock.t) <= 5.0
     rig.clock.t += 5
-    rig.daemon._ping(rig.clock.t)
+    rig.daemon.ping(rig.clock.t)
     assert rig.notifier.sent == ["WATCHDOG=1"]
 
 
@@ -598,7 +599,7 @@ def test_status_shows_files_that_are_settling(rig: SteppedSite,
     assert main(["status", "--config", str(config)]) == 0
     assert "  other/a.png (" in capsys.readouterr().out
     rig.clock.t += SETTLE + 0.01
-    rig.daemon._intake(rig.clock.t, rig.clock.t)  # queued, not yet claimed
+    rig.daemon.intake(rig.clock.t, rig.clock.t)  # queued, not yet claimed
     assert main(["status", "--json", "--config", str(config)]) == 0
     data = json.loads(capsys.readouterr().out)  # listed once
     assert data["settling"] == [] and [j["source"] for j in data["queued"]] == ["other/a.png"]
@@ -612,7 +613,7 @@ def test_after_a_restart_queued_files_are_not_counted_as_settling(
         rig.drop(name)
     rig.step()
     rig.clock.t += SETTLE + 0.01
-    rig.daemon._intake(rig.clock.t, rig.clock.t)  # queued, not yet claimed
+    rig.daemon.intake(rig.clock.t, rig.clock.t)  # queued, not yet claimed
     assert rig.ledger.counts()["queued"] == 3
     rig.drop("d.png")  # arrives while the daemon is down
     rig.daemon = rig.new_daemon()

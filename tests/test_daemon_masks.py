@@ -16,8 +16,8 @@ from watchdog.events import FileCreatedEvent
 
 from nstd.config import parse_config
 from nstd.daemon.ledger import Ledger, ledger_path
-from nstd.daemon.ledger_schema import MIGRATIONS
 from nstd.daemon.maskfiles import is_mask_name
+from nstd.daemon.schema import MIGRATIONS
 from nstd.daemon.watch import is_candidate_name
 from nstd.temporal.plan import fingerprint
 from nstd.testing.media import write_test_image

@@ -123,10 +123,16 @@ def test_run_exits_1_when_a_worker_cannot_fetch_the_weights_now(
 
 class FatalBackend:
     """Workers that report at start what `nstd.daemon.worker.main` reports when loading the
-    network fails."""
+    network fails (a `nstd.daemon.backend.Backend`)."""
 
     def __init__(self, transient: bool) -> None:
         self.transient = transient
+
+    def plans(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
 
     def spawn(self, index: int, plan: object, deliver, *, first: bool = True) -> object:
         deliver({"event": "fatal", "reason": "no network", "transient": self.transient})
@@ -135,6 +141,9 @@ class FatalBackend:
             pid, returncode = os.getpid(), None
 
             def poll(self) -> int | None:
+                return 2
+
+            def wait(self, timeout: float) -> int | None:
                 return 2
 
             def send(self, message: dict) -> None:
@@ -422,4 +431,4 @@ def test_status_json_gives_the_busy_workers_device(tmp_path: Path) -> None:
     assert rig.ran == ["a.png"]
     busy = seen[0]
     assert busy["state"] == "busy" and busy["source"] == "a.png"
-    assert busy["device"] == "inline"  # what nstd.daemon.worker.InlineWorker says at "ready"
+    assert busy["device"] == "inline"  # what nstd.daemon.inline.InlineWorker says at "ready"

@@ -21,8 +21,8 @@ from nstd.cli.daemon import status_data
 from nstd.daemon import tally
 from nstd.daemon.jobspec import kind_of
 from nstd.daemon.ledger import SCHEMA_VERSION, STATES, Ledger, ledger_path
-from nstd.daemon.ledger_schema import MIGRATIONS
 from nstd.daemon.reasons import reason_class, reason_sql
+from nstd.daemon.schema import MIGRATIONS
 from nstd.daemon.tally import Tally, kind_sql
 from nstd.errors import NstdError
 from nstd.web import metrics
@@ -272,7 +272,7 @@ def steps_of(ledger: Ledger, read: Callable[[], Any]) -> int:
 def reader_costs(path: Path, state: Path) -> dict[str, int]:
     """What each status reader costs in SQLite steps, read as the daemon and the CLI do."""
     with Ledger.open(path) as ledger:
-        supervisor = SimpleNamespace(ledger=ledger, _slots=[])
+        supervisor = SimpleNamespace(ledger=ledger, workers=tuple)
         costs = {"/api/status.json": steps_of(ledger, lambda: snapshot(supervisor)),
                  "/metrics": steps_of(ledger, lambda: metrics.render(supervisor))}
     with Ledger.open(path, readonly=True) as reader:

@@ -82,7 +82,7 @@ def test_a_budget_too_small_uses_the_smallest_tiles_and_says_so(stylizer_for, ca
 
 
 def test_the_oom_retry_keeps_the_output_size_with_smaller_tiles(stylizer_for) -> None:
-    """What the daemon does after running out of memory (nstd.daemon.supervisor._shrink):
+    """What the daemon does after running out of memory (nstd.daemon.failures.Failures.shrink):
     the same image with half the budget: smaller tiles, the same output size."""
     content = torch.rand(1, 3, 400, 520, generator=torch.Generator().manual_seed(0))
     results = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from watchdog.events import FileCreatedEvent
 
-from nstd.daemon.supervisor import INPUT_HOLD_SETTLES
+from nstd.daemon.failures import INPUT_HOLD_SETTLES
 from nstd.errors import InputError
 from nstd.media.images import read_image
 from nstd.media.signature import check_signature, describe

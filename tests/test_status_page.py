@@ -24,6 +24,7 @@ import pytest
 
 from nstd.config import parse_config
 from nstd.daemon.ledger import Ledger
+from nstd.daemon.slots import WorkerView
 from nstd.errors import ConfigError
 from nstd.testing.media import write_test_clip, write_test_image
 from nstd.testing.site import Site, kill_all
@@ -60,10 +61,8 @@ def serve(tmp_path: Path, **daemon: Any) -> StatusServer:
     ledger.fail(bad.id, "b.png: not an image nstd can read", now, permanent=True,
                 max_attempts=3, backoff_seconds=1.0)
     ledger.enqueue("c.mp4", "k3", "mosaic", {}, now)
-    worker = SimpleNamespace(name="worker 1", state="idle", job=None, since=0.0, stage="",
-                             done=0, total=0, eta=None, handle=SimpleNamespace(pid=4242),
-                             plan=SimpleNamespace(device=None))
-    supervisor = SimpleNamespace(ledger=ledger, _slots=[worker])
+    worker = WorkerView("worker 1", "idle", pid=4242, device=None, since=0.0)
+    supervisor = SimpleNamespace(ledger=ledger, workers=lambda: (worker,))
     server = StatusServer.start(config, supervisor)
     assert server is not None
     return server

@@ -181,7 +181,8 @@ def format_status(data: dict[str, Any], now: float) -> str:
     counts = data["counts"]
     running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
     lines = [
-        f"daemon: {running}" + (f", {paused}" if (paused := _paused(data)) else ""),
+        f"daemon: {running}" + "".join(f", {held}" for held in (_paused(data), _space(data))
+                                       if held),
         "jobs: " + ", ".join(f"{counts[s]} {s}" for s in ("queued", "running", "done", "failed")),
     ]
     if data["running"]:
@@ -233,6 +234,12 @@ def _paused(data: dict[str, Any]) -> str | None:
     return describe(data["schedule"]) if data.get("schedule") else None
 
 
+def _space(data: dict[str, Any]) -> str | None:
+    """"waiting for N MB free on <path>" while the daemon waits for disk space."""
+    space = data.get("space") or {}
+    return str(space["text"]) if space.get("waiting") and space.get("text") else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from nstd.cli.common import config_from_args
     from nstd.daemon.schedule import WorkGate  # active_hours and `nstd pause`
@@ -251,6 +258,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from nstd.web.address import read_url  # daemon.http: where the status page listens
 
     data["status_page"] = read_url(config.daemon.state) if data["daemon"]["running"] else None
+    from nstd.daemon.space import read_status  # waiting for disk space
+
+    data["space"] = (read_status(config.daemon.state) if data["daemon"]["running"] else None) \
+        or {"waiting": False}
     if args.json:
         print(json.dumps(data, sort_keys=True))
     else:

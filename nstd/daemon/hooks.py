@@ -7,12 +7,13 @@
 Events: ``done`` (a result was published and verified), ``failed`` (a job failed for good:
 its source went to failed/; a file read as truncated waits in the inbox for 3 settle times
 first, so its ``failed`` may come after ``queue-empty``), ``queue-empty`` (the last queued
-job ended and nothing else is queued or running). The command gets them in its environment:
+job ended and nothing else is queued or running), ``disk-low`` (a job waits for disk space:
+once per shortage, `nstd.daemon.space`). The command gets them in its environment:
 
-    NSTD_EVENT    done | failed | queue-empty
-    NSTD_SOURCE   the source, relative to the inbox ("" for queue-empty)
+    NSTD_EVENT    done | failed | queue-empty | disk-low
+    NSTD_SOURCE   the source, relative to the inbox ("" for queue-empty and disk-low)
     NSTD_OUTPUT   the published result's path ("" unless done)
-    NSTD_REASON   why it failed ("" unless failed)
+    NSTD_REASON   why it failed; disk-low: "waiting for N MB free on <path>"
     NSTD_SECONDS  done/failed: seconds from the job's last start to its end; queue-empty:
                   seconds since the queue started to work (one decimal)
 
@@ -47,7 +48,7 @@ from nstd.config import Config
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("done", "failed", "queue-empty")
+EVENTS = ("done", "failed", "queue-empty", "disk-low")
 OUTPUT_LOG_CHARS = 2000  # of a command's output, in the log
 CLOSE_SECONDS = 5.0  # at stop, queued notifications get this long to go out
 _STOP = object()
@@ -71,6 +72,8 @@ class Event:
     def title(self) -> str:
         if self.kind == "queue-empty":
             return "nstd: all done"
+        if self.kind == "disk-low":
+            return "nstd: disk space low"
         return f"nstd: {self.kind} {self.source}"
 
     def body(self) -> str:
@@ -79,6 +82,8 @@ class Event:
             return f"{self.source} -> {self.output}{took}"
         if self.kind == "failed":
             return f"{self.source} failed{took}: {self.reason}"
+        if self.kind == "disk-low":
+            return self.reason
         return f"the queue is empty{took}"
 
 

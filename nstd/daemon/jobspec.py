@@ -29,7 +29,8 @@ Failure kinds: ``transient`` (retried with backoff), ``permanent`` (fails at onc
 is a copy still in progress), ``oom`` (retried with half the memory budget: smaller tiles,
 the same output size), ``stopped`` (a stop was asked: the job goes back without counting),
 ``name_taken`` (the recorded output name holds somebody
-else's file: another name is chosen).
+else's file: another name is chosen), ``no_space`` (ENOSPC: the job goes back without
+counting, and the daemon waits for disk space: `nstd.daemon.space`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from nstd.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 INPUT_FOLDER = "input"  # work/<job id>/input/<name>: the linked source
 STORE_FOLDER = "store"  # work/<job id>/store/: a video's stored frames (FrameStore root)
 
-FAILURE_KINDS = ("transient", "permanent", "input", "oom", "stopped", "name_taken")
+FAILURE_KINDS = ("transient", "permanent", "input", "oom", "stopped", "name_taken",
+                 "no_space")
 
 
 @dataclass(frozen=True)

@@ -17,43 +17,50 @@ Decisions (why):
   reading, so two connections claiming at once can never take the same job.
 - A partial unique index on ``(source, content_key)`` for queued/running/done jobs backs the
   dedupe rule in the database itself.
-- One daemon per ledger: `DaemonLock` (flock on ``<ledger>.lock``) refuses a second one; leases
+- One daemon per ledger: `DaemonLock` (`nstd.daemon.lock`) refuses a second one; leases
   then only tell ``nstd status`` whether the running job's daemon is still alive.
 - Totals over every job (per state, units of done jobs, failures by reason) are kept by
   triggers in a ``counters`` table (`nstd.daemon.tally`), and ``recent`` reads an index: the
   status readers cost the same with 100,000 finished jobs as with ten.
-- The tables, indexes and their versioned migrations live in `nstd.daemon.ledger_schema`
-  (`SCHEMA_VERSION` is re-exported here).
+
+The tables, their migrations and the `Job` row are in `nstd.daemon.schema`; the content key
+in `nstd.daemon.keys`. Both, and `DaemonLock`, are imported from here as well.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
-from nstd.daemon import tally
-from nstd.daemon.ledger_schema import SCHEMA_VERSION, connect, immediate  # noqa: F401 - public
+from nstd.daemon import schema, tally
+from nstd.daemon.keys import content_key
+from nstd.daemon.lock import DaemonLock
+from nstd.daemon.schema import (
+    COLUMNS,
+    SCHEMA_VERSION,
+    STATES,
+    Job,
+    State,
+    job_from_row,
+    masks_json,
+)
 from nstd.daemon.tally import Tally
-from nstd.errors import InputError, NstdError
 from nstd.faults import failpoint
-from nstd.media.files import open_regular
 from nstd.text import plural
+
+__all__ = ["SCHEMA_VERSION", "STATES", "DaemonLock", "Job", "Ledger", "State", "content_key",
+           "ledger_path"]
 
 log = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "jobs.sqlite3"
-HASH_CHUNK = 64 * 1024
 # Backoff doubles per attempt; the cap keeps a large max_attempts from waiting for weeks.
 MAX_BACKOFF_SECONDS = 6 * 3600.0
 # Claim order is by not_before ("ready since"), then id: a job put back by a stop or a crash
@@ -62,88 +69,9 @@ MAX_BACKOFF_SECONDS = 6 * 3600.0
 READY_RESUMED = 0.0
 READY_RETRIED = 1.0
 
-State = Literal["queued", "running", "done", "failed"]
-STATES: tuple[State, ...] = ("queued", "running", "done", "failed")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One ledger row. Times are seconds since the epoch; ``settings`` is the decoded JSON."""
-
-    id: int
-    source: str
-    content_key: str
-    style: str
-    settings: dict[str, Any] = field(hash=False, compare=True)
-    state: State
-    attempts: int
-    lease_until: float | None
-    not_before: float
-    progress_done: int | None
-    progress_total: int | None
-    eta_seconds: float | None
-    created: float
-    started: float | None
-    finished: float | None
-    output: str | None
-    error: str | None
-    # ((style, mask file name), ...) from the sidecar's style_masks; empty: one style, no mask
-    masks: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def name(self) -> str:
-        """The source's file name (last path component)."""
-        return PurePosixPath(self.source).name
-
-
-_COLUMNS = (
-    "id, source, content_key, style, settings, state, attempts, lease_until, not_before, "
-    "progress_done, progress_total, eta_seconds, created, started, finished, output, error, masks"
-)
-
-
-def _job(row: tuple[Any, ...]) -> Job:
-    values = list(row)
-    values[4] = json.loads(values[4])
-    values[17] = tuple((str(style), str(mask)) for style, mask in json.loads(values[17]))
-    return Job(*values)
-
-
-def _masks_json(masks: Sequence[tuple[str, str]]) -> str:
-    return json.dumps([[style, mask] for style, mask in masks])
-
-
 def ledger_path(state_dir: str | os.PathLike[str]) -> Path:
     """The ledger file inside the configured ``daemon.state`` folder."""
     return Path(state_dir) / LEDGER_FILENAME
-
-
-def content_key(path: str | os.PathLike[str]) -> str:
-    """``"<size>:<mtime_ns>:<sha256 of the first and last 64 KiB>"`` of a regular file.
-
-    Cheap for large videos, yet changes when a file is replaced or rewritten. The file is
-    opened without following symlinks and without blocking (a FIFO never hangs us), and must
-    be a regular file. Raises `InputError` for anything else; `OSError` (e.g.
-    ``FileNotFoundError``) when it cannot be opened or read: the caller decides whether that
-    is transient.
-    """
-    try:
-        f = open_regular(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InputError(
-                f"{path} is a symbolic link; put the file itself in the inbox") from exc
-        raise
-    with f:
-        st = os.fstat(f.fileno())
-        digest = hashlib.sha256()
-        digest.update(f.read(HASH_CHUNK))
-        if st.st_size > HASH_CHUNK:
-            f.seek(max(HASH_CHUNK, st.st_size - HASH_CHUNK))
-            digest.update(f.read(HASH_CHUNK))
-    return f"{st.st_size}:{st.st_mtime_ns}:{digest.hexdigest()}"
-
-
 
 
 class Ledger:
@@ -168,7 +96,7 @@ class Ledger:
         ledger or was written by a newer nstd.
         """
         path = Path(path)
-        return cls(connect(path, readonly=readonly), path)
+        return cls(schema.connect(path, readonly=readonly), path)
 
     def close(self) -> None:
         with self._lock:
@@ -183,18 +111,24 @@ class Ledger:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
-        with self._lock, immediate(self._db) as db:
-            yield db
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Job | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs {sql}", args).fetchone()
-        return _job(row) if row else None
+            row = self._db.execute(f"SELECT {COLUMNS} FROM jobs {sql}", args).fetchone()
+        return job_from_row(row) if row else None
 
     def _many(self, sql: str, args: tuple[Any, ...] = ()) -> list[Job]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs {sql}", args).fetchall()
-        return [_job(r) for r in rows]
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM jobs {sql}", args).fetchall()
+        return [job_from_row(r) for r in rows]
 
     # ----------------------------------------------------------------- writing
     def enqueue(self, source: str, key: str, style: str, settings: Mapping[str, Any],
@@ -221,7 +155,7 @@ class Ledger:
             cur = db.execute(
                 "INSERT INTO jobs (source, content_key, style, settings, state, not_before, "
                 "created, masks) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (source, key, style, payload, now, now, _masks_json(masks)))
+                (source, key, style, payload, now, now, masks_json(masks)))
             job_id = cur.lastrowid
         job = self.get(job_id)
         assert job is not None  # just inserted by this connection
@@ -390,7 +324,7 @@ class Ledger:
         with self._write() as db:
             db.execute("UPDATE jobs SET settings = ?, style = COALESCE(?, style), "
                        "masks = COALESCE(?, masks) WHERE id = ?",
-                       (payload, style, None if masks is None else _masks_json(masks), job_id))
+                       (payload, style, None if masks is None else masks_json(masks), job_id))
 
     def release(self, job_id: int, now: float) -> bool:
         """Put a running job back to ``queued`` without counting the attempt (the daemon was
@@ -463,43 +397,3 @@ class Ledger:
         return self._many(
             "INDEXED BY jobs_finished WHERE state IN ('done', 'failed') "
             "ORDER BY finished DESC, id DESC LIMIT ?", (limit,))
-
-
-class DaemonLock:
-    """An exclusive, non-blocking ``flock`` on ``<ledger>.lock``: one daemon per ledger.
-
-    The kernel releases it when the process dies (kill -9 included), so no stale lock is
-    ever left behind. Raises `NstdError` naming the holder's pid when already taken.
-    """
-
-    def __init__(self, ledger_file: str | os.PathLike[str]) -> None:
-        self.path = Path(f"{os.fspath(ledger_file)}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> DaemonLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise NstdError(
-                f"another nstd daemon (pid {holder}) is already using {self.path.parent}; "
-                "stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def __enter__(self) -> DaemonLock:
-        return self.acquire()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()

@@ -17,6 +17,7 @@ same event stream from either. Failure kinds are those of `nstd.daemon.jobspec`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import threading
@@ -193,6 +194,10 @@ def classify(exc: BaseException, stopping: bool) -> tuple[str, str]:
     if isinstance(exc, OutOfMemoryError) or _is_cuda_oom(exc):
         text = str(exc) if isinstance(exc, OutOfMemoryError) else f"out of GPU memory ({exc})"
         return "oom", text
+    if _no_space(exc):  # the job waits for room, without counting an attempt
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return "no_space", f"{text}{where}"
     if isinstance(exc, (TransientError, OutputError)):
         return "transient", str(exc)
     if isinstance(exc, InputError):
@@ -203,6 +208,18 @@ def classify(exc: BaseException, stopping: bool) -> tuple[str, str]:
         where = f" ({exc.filename})" if exc.filename else ""
         return "transient", f"{exc.strerror or exc}{where}"
     return "permanent", f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _no_space(exc: BaseException) -> bool:
+    """ENOSPC, raised as such or as the cause of a `TransientError` (a full outbox)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

@@ -156,10 +156,17 @@ class WorkerProcess:
 
 
 class ProcessBackend:
-    """`spawn(index, device, deliver)` for the supervisor: `WorkerProcess`es."""
+    """The supervisor's `nstd.daemon.backend.Backend`: `WorkerProcess`es."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    def plans(self) -> list[WorkerPlan] | None:
+        """None: the supervisor plans the workers from the config (`plan_workers`)."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: each process ended with its stop message."""
 
     def spawn(self, index: int, plan: WorkerPlan,
               deliver: Callable[[dict[str, Any] | None], None], *,

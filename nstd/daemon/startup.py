@@ -1,4 +1,5 @@
-"""The checks `nstd run` makes before it starts, shared with `nstd check-config`.
+"""The checks `nstd run` makes before it starts, shared with `nstd check-config`, and the
+clean-up after a crash the supervisor makes when it starts (`recover`).
 
 The systemd steps use `nstd check-config` as the check before `systemctl start`, so it must
 refuse exactly what `nstd run` refuses: folders that overlap, nest or cannot be written, a
@@ -10,13 +11,21 @@ but is broken is found by the workers, or by `nstd weights`.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import shutil
 from pathlib import Path
 
 from nstd.config import Config
+from nstd.daemon import outcome
 from nstd.daemon.hooks import check_hooks
 from nstd.daemon.intake import resolve_style
+from nstd.daemon.jobspec import INPUT_FOLDER
+from nstd.daemon.ledger import Ledger
 from nstd.errors import ConfigError, InputError
+from nstd.text import plural
+
+log = logging.getLogger("nstd.daemon.supervisor")
 
 FOLDER_KEYS = ("inbox", "outbox", "work", "failed", "done", "state", "styles")
 WRITABLE_KEYS = ("inbox", "outbox", "work", "failed", "done", "state")
@@ -109,3 +118,40 @@ def weights_note(config: Config) -> str:
         return f"weights: {config.model.weights} (present; `nstd weights` verifies it)"
     return ("weights: torchvision's VGG-19, downloaded into $TORCH_HOME at the first start "
             "unless cached (`nstd weights` shows where)")
+
+
+def recover(config: Config, ledger: Ledger, now: float) -> None:
+    """Put interrupted jobs back, rebuild an empty ledger from done/ and failed/, and remove
+    what a crash left: temp files of ours, work folders of finished jobs. The caller holds
+    the `DaemonLock` (so `recover` cannot steal a live daemon's jobs)."""
+    d = config.daemon
+    for job in ledger.active():  # links of interrupted jobs: taken again at claim
+        if job.state == "running":
+            shutil.rmtree(Path(d.work) / str(job.id) / INPUT_FOLDER, ignore_errors=True)
+    ledger.recover(now, d.max_attempts)
+    for job in ledger.interrupted_failures:
+        log.error("%s failed: %s", job.source, job.error)
+    if not any(ledger.counts().values()):
+        rebuilt = outcome.rebuild_ledger(ledger, config, now)
+        if any(rebuilt):
+            log.warning("the job ledger was empty: rebuilt %d done and %s "
+                        "from %s and %s", rebuilt[0], plural(rebuilt[1], "failed job"),
+                        d.done, d.failed)
+    for key in ("outbox", "done", "failed"):
+        removed = outcome.clean_temp_files(Path(getattr(d, key)))
+        if removed:
+            log.info("removed %s from %s", plural(removed, "unfinished temporary file"),
+                     getattr(d, key))
+    clean_work_dirs(Path(d.work), ledger)
+
+
+def clean_work_dirs(work: Path, ledger: Ledger) -> None:
+    """Remove work folders of jobs that are no longer queued or running."""
+    if not work.is_dir():
+        return
+    live = {str(j.id) for j in ledger.active()}
+    for entry in work.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() \
+                and entry.name not in live:
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed the work folder of finished job %s", entry.name)

@@ -1,4 +1,5 @@
-"""Noticing files in the inbox: name rules, a safe scan, a stability tracker, a thin handler.
+"""Noticing files in the inbox: name rules, a safe scan, a thin handler; the stability
+tracker is `nstd.daemon.settle` (its names are imported from here as well).
 
 Watchdog events are only *candidates*: a copy gives created -> modified... -> closed, a move
 in gives only created, a ``x.part`` renamed gives moved, and network mounts give nothing. So
@@ -21,9 +22,7 @@ import logging
 import os
 import queue
 import stat
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import watchdog.events
@@ -34,8 +33,12 @@ from watchdog.observers.polling import PollingObserver
 
 from nstd.daemon.intake import SIDECAR_SUFFIXES
 from nstd.daemon.maskfiles import is_mask_name
+from nstd.daemon.settle import OpenWrites, StabilityTracker, log_once
 from nstd.media.container import VIDEO_EXTENSIONS
 from nstd.media.images import IMAGE_EXTENSIONS
+
+__all__ = ["InboxEventHandler", "OpenWrites", "StabilityTracker", "is_candidate_name",
+           "log_once", "regular_signature", "scan_inbox", "start_observer"]
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +49,6 @@ MEDIA_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 PARTIAL_SUFFIXES: frozenset[str] = frozenset({".part", ".tmp", ".crdownload"})
 
 MAX_DEPTH = 32
-
-
-class _Once:
-    """Logs a message once per key, remembering at most ``limit`` keys (bounded memory)."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._seen: set[object] = set()
-        self._limit = limit
-
-    def __call__(self, key: object, level: int, msg: str, *args: object) -> None:
-        if key in self._seen:
-            return
-        if len(self._seen) >= self._limit:
-            self._seen.clear()
-        self._seen.add(key)
-        log.log(level, msg, *args)
-
-
-_once = _Once()
 
 
 def is_candidate_name(path: str | os.PathLike[str]) -> bool:
@@ -96,16 +80,11 @@ def regular_signature(path: Path) -> tuple[int, int] | None:
     if stat.S_ISREG(st.st_mode):
         return st.st_size, st.st_mtime_ns
     if stat.S_ISLNK(st.st_mode):
-        _once(("symlink", path), logging.INFO,
+        log_once(("symlink", path), logging.INFO,
               "left alone: %s is a symbolic link (not followed)", path)
     elif not stat.S_ISDIR(st.st_mode):
-        _once(("special", path), logging.INFO, "left alone: %s is not a regular file", path)
+        log_once(("special", path), logging.INFO, "left alone: %s is not a regular file", path)
     return None
-
-
-def log_once(key: object, level: int, msg: str, *args: object) -> None:
-    """Log ``msg`` once per ``key`` (bounded memory): for conditions a rescan finds again."""
-    _once(key, level, msg, *args)
 
 
 def _log_skipped_name(path: Path) -> None:
@@ -115,10 +94,10 @@ def _log_skipped_name(path: Path) -> None:
     if name.startswith(".") or suffix in PARTIAL_SUFFIXES or suffix in SIDECAR_SUFFIXES:
         return  # temp files, in-progress downloads, sidecars: nothing to tell the user
     if is_mask_name(name):
-        _once(("mask", path), logging.INFO,
+        log_once(("mask", path), logging.INFO,
               "left alone: %s (a style mask, named *.mask.* so it is never a job)", path)
         return
-    _once(("ext", path), logging.INFO,
+    log_once(("ext", path), logging.INFO,
           "left alone: %s (not an image or video extension: %s)",
           path, ", ".join(sorted(MEDIA_EXTENSIONS)))
 
@@ -140,10 +119,10 @@ def scan_inbox(inbox: str | os.PathLike[str], *, max_depth: int = MAX_DEPTH) -> 
                 entries = sorted(it, key=lambda e: e.name)
         except FileNotFoundError:
             if folder == root:
-                _once(("missing", root), logging.WARNING, "the inbox %s does not exist", root)
+                log_once(("missing", root), logging.WARNING, "the inbox %s does not exist", root)
             continue  # a sub-folder removed while we scan
         except OSError as exc:
-            _once(("unreadable", folder), logging.WARNING, "cannot read folder %s: %s",
+            log_once(("unreadable", folder), logging.WARNING, "cannot read folder %s: %s",
                   folder, exc)
             continue
         subfolders: list[tuple[Path, int]] = []
@@ -151,14 +130,14 @@ def scan_inbox(inbox: str | os.PathLike[str], *, max_depth: int = MAX_DEPTH) -> 
             path = folder / entry.name
             try:
                 if entry.is_symlink():
-                    _once(("symlink", path), logging.INFO,
+                    log_once(("symlink", path), logging.INFO,
                           "left alone: %s is a symbolic link (not followed)", path)
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name.startswith("."):
                         continue
                     if depth + 1 > max_depth:
-                        _once(("deep", path), logging.WARNING,
+                        log_once(("deep", path), logging.WARNING,
                               "left alone: %s is nested deeper than %d folders", path, max_depth)
                         continue
                     subfolders.append((path, depth + 1))
@@ -167,7 +146,7 @@ def scan_inbox(inbox: str | os.PathLike[str], *, max_depth: int = MAX_DEPTH) -> 
             except OSError:
                 continue  # vanished between listing and lstat
             if not stat.S_ISREG(mode):
-                _once(("special", path), logging.INFO,
+                log_once(("special", path), logging.INFO,
                       "left alone: %s is not a regular file", path)
                 continue
             if is_candidate_name(path):
@@ -178,196 +157,6 @@ def scan_inbox(inbox: str | os.PathLike[str], *, max_depth: int = MAX_DEPTH) -> 
         stack.extend(reversed(subfolders))
 
 
-class OpenWrites:
-    """Files an inotify watch saw written to (modified) with no closed-write since.
-
-    Thread-safe: `InboxEventHandler` records on the observer's thread, `StabilityTracker`
-    asks on the daemon's. A write needs an open descriptor and the kernel reports its close
-    (IN_CLOSE_WRITE) even when the writer is killed, so "modified, not closed" means a writer
-    still holds the file. Only modifications count, not creations: a move or a hard link into
-    the inbox gives "created" and never a close. Attribute changes (utime, chmod) are other
-    events and do not count either. At most ``limit`` files are remembered (the oldest entry
-    is forgotten first; `StabilityTracker` also stops trusting an entry after ``open_limit``).
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[Path, None] = {}  # insertion-ordered: the oldest first
-        self._limit = limit
-
-    def modified(self, path: Path) -> None:
-        with self._lock:
-            self._open.pop(path, None)
-            if len(self._open) >= self._limit:
-                del self._open[next(iter(self._open))]
-            self._open[path] = None
-
-    def closed(self, path: Path) -> None:
-        with self._lock:
-            self._open.pop(path, None)
-
-    def moved(self, src: Path, dest: Path) -> None:
-        """A rename keeps the descriptor: a file still open under its old name is still open
-        under the new one."""
-        with self._lock:
-            if src in self._open:
-                del self._open[src]
-                self._open[dest] = None
-
-    def is_open(self, path: Path) -> bool:
-        with self._lock:
-            return path in self._open
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._open)
-
-
-@dataclass
-class _Seen:
-    size: int
-    mtime_ns: int
-    changed_at: float  # when (size, mtime) last changed, on the caller's clock
-    first_seen: float
-    warned: bool = False
-    writing: bool = False  # open for writing when last checked (OpenWrites)
-
-
-class StabilityTracker:
-    """Decides when a noticed file has stopped changing. Injected clock only.
-
-    ``now`` may come from any monotonic-enough clock (the daemon uses ``time.monotonic()``);
-    it is only ever compared with other ``now`` values given to the same tracker.
-
-    With ``writes`` (the handler's `OpenWrites`, on inotify) a file that is still open for
-    writing is never due: its settle time starts again when the writer closes it. A close
-    event that never came (an inotify queue overflow, a watch restarted in between) would keep
-    a file waiting for ever, so an entry unchanged in size and mtime for ``open_limit`` seconds
-    is no longer trusted and the file is judged by size and mtime alone (logged).
-    """
-
-    def __init__(self, settle_seconds: float, *, warn_after: float | None = None,
-                 writes: OpenWrites | None = None, open_limit: float | None = None) -> None:
-        """``warn_after``: log once when a file is still changing (or open for writing) this
-        long after it was first seen (default: the larger of 10 minutes and 20 x
-        ``settle_seconds``). ``open_limit``: default the larger of an hour and 100 x
-        ``settle_seconds``."""
-        self.settle_seconds = float(settle_seconds)
-        self.warn_after = (max(600.0, 20 * self.settle_seconds)
-                           if warn_after is None else float(warn_after))
-        self.open_limit = (max(3600.0, 100 * self.settle_seconds)
-                           if open_limit is None else float(open_limit))
-        self.writes = writes
-        self._files: dict[Path, _Seen] = {}
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def __contains__(self, path: object) -> bool:
-        return Path(path) in self._files if isinstance(path, (str, os.PathLike)) else False
-
-    def paths(self) -> list[Path]:
-        """The files being watched until they settle."""
-        return list(self._files)
-
-    @staticmethod
-    def _signature(path: Path) -> tuple[int, int] | None:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return st.st_size, st.st_mtime_ns
-
-    def observe(self, path: str | os.PathLike[str], now: float) -> None:
-        """Note that ``path`` may have changed (an event or a scan hit).
-
-        A gone, unreadable or non-regular path is dropped. Observing an unchanged file does
-        not restart its settle time, so repeated rescans cannot starve a quiet file; a file
-        whose writer closed it since it was last seen open does restart it.
-        """
-        path = Path(path)
-        sig = self._signature(path)
-        if sig is None:
-            self._files.pop(path, None)
-            return
-        seen = self._files.get(path)
-        if seen is None:
-            self._files[path] = _Seen(sig[0], sig[1], changed_at=now, first_seen=now,
-                                      writing=self._open(path))
-        elif (seen.size, seen.mtime_ns) != sig:
-            seen.size, seen.mtime_ns = sig
-            seen.changed_at = now
-            seen.writing = self._open(path)
-        else:
-            self._update_writing(path, seen, now)
-
-    def due(self, now: float) -> list[Path]:
-        """Files unchanged for ``settle_seconds`` and not open for writing, re-checked now;
-        they stop being tracked.
-
-        A file that changed since it was last seen restarts its settle time instead; one that
-        vanished is dropped. Returned in the order they were first noticed.
-        """
-        ready: list[Path] = []
-        for path, seen in list(self._files.items()):
-            self._update_writing(path, seen, now)
-            if seen.writing or now - seen.changed_at < self.settle_seconds:
-                self._warn_if_slow(path, seen, now)
-                continue
-            sig = self._signature(path)
-            if sig is None:
-                del self._files[path]
-            elif (seen.size, seen.mtime_ns) != sig:
-                seen.size, seen.mtime_ns = sig
-                seen.changed_at = now
-                self._warn_if_slow(path, seen, now)
-            else:
-                del self._files[path]
-                ready.append(path)
-        return ready
-
-    def next_due(self, now: float) -> float | None:
-        """Seconds until the earliest tracked file could be due (0 if now); None if none.
-
-        A file open for writing waits for its close event (which wakes the daemon) or for
-        ``open_limit``; it is re-checked at least every ``settle_seconds``.
-        """
-        if not self._files:
-            return None
-        earliest = min(seen.changed_at for seen in self._files.values())
-        return max(0.0, earliest + self.settle_seconds - now)
-
-    def _open(self, path: Path) -> bool:
-        return self.writes is not None and self.writes.is_open(path)
-
-    def _update_writing(self, path: Path, seen: _Seen, now: float) -> None:
-        """Follow the open-for-writing state: a close restarts the settle time; an entry that
-        stood still for ``open_limit`` is no longer trusted."""
-        writing = self._open(path)
-        if writing and now - seen.changed_at >= self.open_limit:
-            log_once(("never closed", path, seen.size, seen.mtime_ns), logging.WARNING,
-                     "%s was written and not closed, and has not changed for %.0f s; judging "
-                     "it by size and mtime alone (a close event may have been lost)",
-                     path, now - seen.changed_at)
-            seen.writing = False
-            return
-        if seen.writing and not writing:
-            seen.changed_at = now  # closed since it was last seen open: settle from here
-        seen.writing = writing
-
-    def _warn_if_slow(self, path: Path, seen: _Seen, now: float) -> None:
-        if not seen.warned and now - seen.first_seen >= self.warn_after:
-            seen.warned = True
-            if seen.writing:
-                log.warning("%s is still open for writing after %.0f s; waiting until its "
-                            "writer closes it", path, now - seen.first_seen)
-            else:
-                log.warning("%s is still changing after %.0f s; waiting until it stops",
-                            path, now - seen.first_seen)
-
-
 def _is_hidden_below(path: Path, inbox: Path) -> bool:
     """True when any folder between ``inbox`` and ``path`` is hidden (or path is outside),
     or ``path`` lies deeper than `MAX_DEPTH` folders (as `scan_inbox` skips it too)."""
@@ -376,7 +165,7 @@ def _is_hidden_below(path: Path, inbox: Path) -> bool:
     except ValueError:
         return True
     if len(parts) - 1 > MAX_DEPTH:
-        _once(("deep", path.parent), logging.WARNING,
+        log_once(("deep", path.parent), logging.WARNING,
               "left alone: %s is nested deeper than %d folders", path.parent, MAX_DEPTH)
         return True
     return any(part.startswith(".") for part in parts[:-1])

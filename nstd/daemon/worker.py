@@ -217,51 +217,6 @@ def main() -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- in-process backend
-
-
-class InlineWorker:
-    """A worker inside the supervisor's own process, for unit tests that step the supervisor
-    by hand: a job sent is run at once, synchronously, its events delivered before `send`
-    returns. The product path is `nstd.daemon.pool.WorkerProcess`."""
-
-    def __init__(self, deliver: Emit, engines: Any, runner: Callable[..., Any] | None,
-                 should_stop: Callable[[], bool]) -> None:
-        self._deliver = deliver
-        self._engines = engines
-        self._runner = runner
-        self._should_stop = should_stop
-        self.pid = os.getpid()
-        self.returncode: int | None = None
-        deliver({"event": "ready", "device": "inline", "pid": self.pid})
-
-    def send(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "job":
-            execute(JobSpec.from_dict(message["spec"]), self._engines, self._deliver,
-                    self._should_stop, self._runner)
-        elif message.get("type") == "stop":
-            self.returncode = 0
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def kill(self) -> None:
-        self.returncode = -signal.SIGKILL
-
-
-class InlineBackend:
-    """`spawn(index, plan, deliver)` for the supervisor: `InlineWorker`s."""
-
-    def __init__(self, engines: Any, runner: Callable[..., Any] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
-        self.engines = engines
-        self.runner = runner
-        self.should_stop = should_stop
-
-    def spawn(self, index: int, plan: Any, deliver: Emit, *, first: bool = True) -> InlineWorker:
-        return InlineWorker(deliver, self.engines, self.runner, self.should_stop)
-
-
 if __name__ == "__main__":
     code = main()
     logging.shutdown()

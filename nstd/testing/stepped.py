@@ -4,7 +4,7 @@
     rig.clock.t = local_time(2026, 1, 1, 23, 0)
     rig.start(); rig.drop("a.png"); rig.step(); rig.settle()
 
-The worker is `nstd.daemon.worker.InlineBackend` with a `Runner` standing in for `run_job`: it
+The worker is `nstd.daemon.inline.InlineBackend` with a `Runner` standing in for `run_job`: it
 records each request and writes a small grey image (or first does ``rig.runner.action(request,
 kwargs)``, which may raise what a test needs). ``real=True`` runs the real `run_job` instead
 (give real ``engines`` then), and ``backend`` replaces the in-process worker altogether. Time
@@ -30,7 +30,7 @@ from nstd.daemon.notify import SystemdNotifier
 from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.startup import check_folders
 from nstd.daemon.supervisor import Supervisor
-from nstd.daemon.worker import InlineBackend
+from nstd.daemon.inline import InlineBackend
 from nstd.job import JobReport, JobRequest
 from nstd.progress import JobProgress
 from nstd.testing.media import write_test_image
@@ -97,11 +97,14 @@ class Runner:
 
 class SteppedSite:
     """Folders under ``root`` (``root/styles/mosaic.png`` written unless there) and a supervisor
-    on them; ``daemon`` keys override the config's daemon section."""
+    on them; ``daemon`` keys override the config's daemon section. ``free_space``: the
+    supervisor's free-space function (default: the real one)."""
 
     def __init__(self, root: Path, *, clock: float | None = None, engines: Any = None,
-                 real: bool = False, backend: Any = None, **daemon: Any) -> None:
+                 real: bool = False, backend: Any = None,
+                 free_space: Callable[[Path], int] | None = None, **daemon: Any) -> None:
         self.root = root
+        self.free_space = free_space
         (root / "styles").mkdir(exist_ok=True)
         if not (root / "styles" / "mosaic.png").exists():
             write_test_image(root / "styles" / "mosaic.png", size=(16, 16), seed=1)
@@ -133,9 +136,10 @@ class SteppedSite:
         """A new supervisor on this site's folders and ledger (not started)."""
         backend = self.backend or InlineBackend(self.engines, self.runner,
                                                 lambda: self.daemon.stop_requested)
+        extra = {} if self.free_space is None else {"free_space": self.free_space}
         return Supervisor(self.config, self.ledger, self.notifier, backend=backend,
                           plans=[WorkerPlan(None, 1)], clock=self.clock, monotonic=self.clock,
-                          watch=False)
+                          watch=False, **extra)
 
     def restart(self, *, ledger: bool = False) -> None:
         """A new supervisor and runner on the same folders, started (with ``ledger``, on a

@@ -1,8 +1,8 @@
 """What the page and ``/metrics`` show, as JSON-able data, read from a running supervisor.
 
-The ledger (thread-safe: `Ledger` holds a lock) gives jobs; the supervisor's worker slots give
-each worker's state and the running job's live progress (read without locking: plain
-attributes, and a torn read only shows one poll a stale figure).
+The ledger (thread-safe: `Ledger` holds a lock) gives jobs; the supervisor's `workers()` gives
+each worker's state and the running job's live progress (frozen copies its loop publishes at
+the end of each step: safe to read from the page's thread).
 
 ETA model (documented in docs/progress.md): a running job's ETA is its worker's
 (extrapolated from this run's rate); a queued job is expected to take as long as the median
@@ -22,6 +22,7 @@ from typing import Any
 from nstd.daemon.jobspec import kind_of
 from nstd.daemon.ledger import Job
 from nstd.daemon.reasons import REASON_CLASSES, reason_class  # noqa: F401 - /metrics' names
+from nstd.daemon.slots import WorkerView
 
 HISTORY = 20
 RECENT = 12
@@ -55,24 +56,14 @@ def seconds_per_unit(done: list[Job], kind: str) -> float | None:
 
 def workers_of(supervisor: Any, now_mono: float) -> list[dict[str, Any]]:
     """Each worker slot: name, state, and the job it runs with its live progress."""
-    out = []
-    for slot in list(getattr(supervisor, "_slots", [])):
-        job = slot.job
-        handle = slot.handle
-        out.append({
-            "name": slot.name, "state": slot.state, "pid": getattr(handle, "pid", None),
-            # What the worker said it runs on; its plan names only a pinned CUDA device.
-            "device": getattr(slot, "device", None) or getattr(slot.plan, "device", None),
-            "since_seconds": round(max(0.0, now_mono - slot.since), 1),
-            "job": job.id if job is not None else None,
-            "source": job.source if job is not None else None,
-            "stage": slot.stage if job is not None else None,
-            "done": slot.done if job is not None else None,
-            "total": slot.total if job is not None else None,
-            "eta_seconds": slot.eta if job is not None else None,
-            "frame_losses": slot.losses if job is not None else None,
-        })
-    return out
+    views: tuple[WorkerView, ...] = supervisor.workers()
+    return [{
+        "name": v.name, "state": v.state, "pid": v.pid, "device": v.device,
+        "since_seconds": round(max(0.0, now_mono - v.since), 1),
+        "job": v.job, "source": v.source, "stage": v.stage, "done": v.done, "total": v.total,
+        "eta_seconds": v.eta,
+        "frame_losses": list(v.frame_losses) if v.frame_losses is not None else None,
+    } for v in views]
 
 
 def public_job(job: Job) -> dict[str, Any]:
@@ -121,10 +112,12 @@ def snapshot(supervisor: Any, now: float | None = None,
     oldest = min((j.created for j in active if j.state == "queued"), default=None)
     gate = getattr(supervisor, "schedule_state", None)
     schedule = gate() if callable(gate) else {"paused": False, "reason": None, "until": None}
+    space = getattr(supervisor, "space_state", None)
     return {
         "now": now,
         "counts": ledger.counts(),
         "schedule": schedule,
+        "space": space() if callable(space) else {"waiting": False},
         "workers": workers,
         "running": running,
         "queue": queued[:QUEUE_SHOWN],

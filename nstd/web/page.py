@@ -73,6 +73,9 @@ def summary(data: dict[str, Any]) -> str:
         until = f" until {sched['until']}" if sched.get("until") else ""
         why = " (nstd pause)" if sched.get("reason") == "manual" else ""
         paused = f' <span class="paused">paused{until}{why}</span>'
+    space = data.get("space") or {}
+    if space.get("waiting"):
+        paused += f' <span class="paused">{escape(str(space.get("text")))}</span>'
     by = data.get("all_done_by_hhmm")
     eta = (f"; all done by {by}" if by else
            "; all done by: not known yet (no finished job of that kind)") \

@@ -1,27 +1,32 @@
-"""The ledger file's schema: connecting, the tables and indexes, and their migrations.
+"""The job ledger's file: its tables and their migrations, the `Job` row, and opening it.
 
-The schema is versioned (a ``schema_version`` table): every writable open applies the
-migrations the file lacks, in one transaction, so a ledger written by an older nstd is
-upgraded in place; a file from a newer nstd is refused rather than misread. A read-only open
-(``nstd status``) changes nothing and asks for the matching ``nstd run`` when the versions
-differ.
+Opening sets WAL (``nstd status`` reads while the daemon writes), ``busy_timeout`` (a writer
+waits a moment instead of failing with "database is locked") and ``synchronous=FULL`` (in WAL
+mode NORMAL may lose the last commits on power loss; see `nstd.daemon.ledger`), then brings
+the schema to `SCHEMA_VERSION`. A read-only open (``nstd status``, possibly another user)
+never creates or changes anything.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 from nstd.daemon import tally
 from nstd.errors import NstdError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("nstd.daemon.ledger")
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
+
+State = Literal["queued", "running", "done", "failed"]
+STATES: tuple[State, ...] = ("queued", "running", "done", "failed")
 
 # Each entry upgrades the schema from version i to i + 1 (index i).
 MIGRATIONS: tuple[str, ...] = (
@@ -68,10 +73,57 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Job:
+    """One ledger row. Times are seconds since the epoch; ``settings`` is the decoded JSON."""
 
-def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    """A connection to the ledger file with its settings (WAL, ``synchronous=FULL``, busy
-    timeout; see `nstd.daemon.ledger`); read-only ones never create or change anything."""
+    id: int
+    source: str
+    content_key: str
+    style: str
+    settings: dict[str, Any] = field(hash=False, compare=True)
+    state: State
+    attempts: int
+    lease_until: float | None
+    not_before: float
+    progress_done: int | None
+    progress_total: int | None
+    eta_seconds: float | None
+    created: float
+    started: float | None
+    finished: float | None
+    output: str | None
+    error: str | None
+    # ((style, mask file name), ...) from the sidecar's style_masks; empty: one style, no mask
+    masks: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The source's file name (last path component)."""
+        return PurePosixPath(self.source).name
+
+
+COLUMNS = (
+    "id, source, content_key, style, settings, state, attempts, lease_until, not_before, "
+    "progress_done, progress_total, eta_seconds, created, started, finished, output, error, masks"
+)
+
+
+def job_from_row(row: tuple[Any, ...]) -> Job:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    values[17] = tuple((str(style), str(mask)) for style, mask in json.loads(values[17]))
+    return Job(*values)
+
+
+def masks_json(masks: Sequence[tuple[str, str]]) -> str:
+    return json.dumps([[style, mask] for style, mask in masks])
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the ledger at ``path`` with its schema current (see the module
+    docstring). Raises `NstdError` when the file is not a ledger or was written by a newer
+    nstd, or (``readonly``) when there is none yet."""
     if readonly:
         db = _connect_readonly(path)
     else:
@@ -84,7 +136,7 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
-        migrate(db, path, readonly)
+        _migrate(db, path, readonly)
     except sqlite3.DatabaseError as exc:
         db.close()
         raise NstdError(
@@ -94,6 +146,51 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
+    if readonly:
+        version = _schema_version(db)
+        if version != SCHEMA_VERSION:
+            raise NstdError(
+                f"the job ledger {path} has schema version {version}, this nstd "
+                f"reads version {SCHEMA_VERSION}; run the matching `nstd run` once"
+            )
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _upgrade(db, path)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    version = _schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise NstdError(
+            f"the job ledger {path} has schema version {version}, newer than this "
+            f"nstd supports ({SCHEMA_VERSION}); upgrade nstd"
+        )
+    for script in MIGRATIONS[version:]:
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    if version != SCHEMA_VERSION:
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    if tally.install(db):
+        log.info("counted the jobs in %s for the status readers", path)
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    try:
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+    except sqlite3.OperationalError:  # no such table: not created yet
+        return 0
+    return int(row[0]) if row else 0
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
@@ -122,53 +219,3 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
                     "or a member of its group"
                 ) from exc
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def migrate(db: sqlite3.Connection, path: Path, readonly: bool) -> None:
-    """Bring the file to `SCHEMA_VERSION` (read-only: refuse another version)."""
-    if readonly:
-        version = schema_version(db)
-        if version != SCHEMA_VERSION:
-            raise NstdError(
-                f"the job ledger {path} has schema version {version}, this nstd "
-                f"reads version {SCHEMA_VERSION}; run the matching `nstd run` once"
-            )
-        return
-    with immediate(db):
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        version = schema_version(db)
-        if version > SCHEMA_VERSION:
-            raise NstdError(
-                f"the job ledger {path} has schema version {version}, newer than this "
-                f"nstd supports ({SCHEMA_VERSION}); upgrade nstd"
-            )
-        for script in MIGRATIONS[version:]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-        if version != SCHEMA_VERSION:
-            db.execute("DELETE FROM schema_version")
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        if tally.install(db):
-            log.info("counted the jobs in %s for the status readers", path)
-
-
-def schema_version(db: sqlite3.Connection) -> int:
-    """The file's schema version; 0 for a new file."""
-    try:
-        row = db.execute("SELECT version FROM schema_version").fetchone()
-    except sqlite3.OperationalError:  # no such table: not created yet
-        return 0
-    return int(row[0]) if row else 0
