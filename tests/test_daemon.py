@@ -22,7 +22,6 @@ from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
 from nstd.cli.main import main
 from nstd.config import Config, parse_config
 from nstd.daemon import outcome
-from nstd.daemon.inline import InlineBackend
 from nstd.daemon.intake import read_sidecar, resolve_style
 from nstd.daemon.startup import check_folders
 from nstd.errors import (

@@ -20,6 +20,7 @@ from nstd import faults
 from nstd.cli.main import main
 from nstd.daemon.hooks import Event
 from nstd.daemon.ledger import DaemonLock, ledger_path
+from nstd.daemon.lifecycle import classify
 from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.space import (
     CHECK_SECONDS,
@@ -32,7 +33,6 @@ from nstd.daemon.space import (
     read_status,
 )
 from nstd.daemon.supervisor import Supervisor
-from nstd.daemon.lifecycle import classify
 from nstd.errors import TransientError
 from nstd.testing.media import write_test_clip
 from nstd.testing.stepped import SteppedSite
@@ -121,7 +121,7 @@ def test_a_new_shortage_after_space_returned_sends_a_new_event(tmp_path: Path) -
                                   "job.heartbeat=enospc*1"])
 def test_enospc_puts_the_job_back_without_an_attempt(tmp_path: Path, spec: str) -> None:
     rig, events = site_with(tmp_path, Disk(free_mb=500))
-    rig.action = lambda request, kwargs: kwargs["heartbeat"]()
+    rig.runner.action = lambda request, kwargs: kwargs["heartbeat"]()
     rig.start()
     faults.configure(spec)
     rig.queue_files("a.png")
@@ -207,7 +207,7 @@ def test_a_running_video_short_of_room_is_parked_and_resumes(tmp_path: Path) -> 
     write_test_clip(path, frames=8, size=(32, 24))
     rig.daemon.handler.dispatch(FileCreatedEvent(str(path)))
     rig.step()
-    rig.step(rig.settle + 0.01)
+    rig.settle()
     worker = backend.workers[0]
     job = rig.ledger.find("v.mp4")
     assert job.state == "running" and worker.sent[-1]["type"] == "job"

@@ -25,12 +25,12 @@ import numpy as np
 from watchdog.events import FileCreatedEvent
 
 from nstd.config import Config, parse_config
+from nstd.daemon.inline import InlineBackend
 from nstd.daemon.ledger import Job, Ledger, ledger_path
 from nstd.daemon.notify import SystemdNotifier
 from nstd.daemon.pool import WorkerPlan
 from nstd.daemon.startup import check_folders
 from nstd.daemon.supervisor import Supervisor
-from nstd.daemon.inline import InlineBackend
 from nstd.job import JobReport, JobRequest
 from nstd.progress import JobProgress
 from nstd.testing.media import write_test_image
