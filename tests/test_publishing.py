@@ -132,3 +132,25 @@ def test_os_error_mapping(tmp_path: Path) -> None:
     assert isinstance(denied, OutputError) and "Permission denied" in str(denied)
     other = OSError(errno.EIO, "I/O error")
     assert fsutil.os_error_to_nstd(other, tmp_path) is other
+
+
+def test_a_dead_workers_temp_files_for_an_output_are_removed_and_no_others(
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from nstd.daemon.outcome import clean_temps_of
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)  # a process that has ended
+    output = tmp_path / "v.mosaic.mp4"
+    dead_temp = tmp_path / f".v.mosaic.mp4.{dead}.0a1b2c3d.tmp"
+    dead_encoder_temp = tmp_path / f"..v.mosaic.mp4.{dead}.0a1b2c3d.tmp.{dead}.11223344.tmp"
+    ours = tmp_path / f".v.mosaic.mp4.{os.getpid()}.55667788.tmp"  # this process writes it
+    other_job = tmp_path / f".w.mosaic.mp4.{dead}.99aabbcc.tmp"  # another output's
+    for path in (dead_temp, dead_encoder_temp, ours, other_job):
+        path.write_bytes(b"partial")
+    assert clean_temps_of(output) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours.name, other_job.name])

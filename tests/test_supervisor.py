@@ -198,7 +198,9 @@ def test_a_symlink_swapped_in_after_claim_is_never_read(
     daemon = site.start("run", failpoints="worker.job=sleep2")
     source = site.inbox / "a.png"
     write_test_image(source, size=(24, 16), seed=1)
-    daemon.wait_for(lambda: job_states(site) == ["running"], 30, "a.png started")
+    # The job is "running" in the ledger from its claim, but its source is linked into the
+    # work folder only when it goes to a worker: the log line says that moment.
+    daemon.wait_log("started a.png", 30)
     source.unlink()
     source.symlink_to(elsewhere)
     daemon.wait_for(lambda: job_states(site) == ["done"], 60, "a.png done")

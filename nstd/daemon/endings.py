@@ -62,6 +62,11 @@ class Endings:
         """Its worker died while running ``job``: an attempt, like a passing failure."""
         current = self.ledger.get(job.id) or job
         reason = f"the worker process died ({how})"
+        if current.output:  # what it was writing there (a video's encoder) is of no use now
+            removed = outcome.clean_temps_of(Path(current.output))
+            if removed:
+                log.info("removed %s the dead worker left beside %s",
+                         plural(removed, "unfinished temporary file"), current.output)
         if current.attempts >= self.config.daemon.max_attempts:
             reason += f" on this file {plural(current.attempts, 'time')}"
         self.failures.fail(job, reason, now, permanent=False)

@@ -299,6 +299,33 @@ def clean_temp_files(folder: Path) -> int:
     return removed
 
 
+def clean_temps_of(output: Path) -> int:
+    """Remove the temp files a dead worker process left for ``output`` (its own temp name and
+    the encoder's temp of that name, beside it); returns how many. Temp files of this process
+    (a Ray driver's) and of live processes are left to their writers."""
+    removed = 0
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return 0
+    for name in names:
+        path = output.parent / name
+        if not (name.startswith(f".{output.name}.") or name.startswith(f"..{output.name}.")):
+            continue
+        if not fsutil.is_temp_path(path) or _pid_of(name) == os.getpid() or _writer_alive(name):
+            continue
+        fsutil.remove_quietly(path)
+        removed += 1
+    return removed
+
+
+def _pid_of(temp_name: str) -> int | None:
+    try:
+        return int(temp_name.rsplit(".", 3)[-3])
+    except (ValueError, IndexError):
+        return None
+
+
 def _writer_alive(temp_name: str) -> bool:
     try:
         pid = int(temp_name.rsplit(".", 3)[-3])
