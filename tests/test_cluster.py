@@ -319,19 +319,19 @@ def test_the_local_worker_and_the_cluster_driver_send_the_same_event_stream(
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(200))
     streams = []
-    for number, source in enumerate((clip, broken)):
-        local: list[dict[str, Any]] = []
-        execute(job(tmp_path, source, config, job_id=10 + number), engines, local.append,
-                lambda: False)
-        cluster: list[dict[str, Any]] = []
-        backend = RayBackend(config)
-        try:
+    backend = RayBackend(config)  # one pool for both jobs: its actors start once
+    try:
+        for number, source in enumerate((clip, broken)):
+            local: list[dict[str, Any]] = []
+            execute(job(tmp_path, source, config, job_id=10 + number), engines, local.append,
+                    lambda: False)
+            cluster: list[dict[str, Any]] = []
             run_job(job(tmp_path, source, config, job_id=20 + number), backend._pool(),
                     cluster.append, lambda: False, order=1, key=f"s{number}")
-        finally:
-            backend.close()
-        assert _stream(cluster) == _stream(local)
-        streams.append(_stream(local))
+            assert _stream(cluster) == _stream(local)
+            streams.append(_stream(local))
+    finally:
+        backend.close()
     published, failed = streams
     assert published[-3:] == [("progress", "frame", 8, 8), ("progress", "encode"),
                               ("published", None, None)]
